@@ -1,8 +1,10 @@
 //! Runtime pieces every imaged daemon shares: exit codes, signals and
 //! reloads, systemd notification, scheduling, background workers and logging.
 //!
-//! The crate knows nothing about configuration files or the catalog; each
-//! daemon glues these pieces to its own configuration type. A daemon's
+//! Apart from [`app`], which maps the loaded configuration onto the options of
+//! logging, the catalog and the stores and holds the command-line pieces all
+//! daemons share, the crate knows nothing about configuration files or the
+//! catalog. A daemon's
 //! `main` typically looks like this:
 //!
 //! ```no_run
@@ -54,6 +56,7 @@
 //! }
 //! ```
 
+pub mod app;
 pub mod control;
 pub mod exit;
 pub mod logging;
