@@ -1,0 +1,589 @@
+//! Filesystem backend against real directories: round trips, confinement attacks, size caps,
+//! routing between several data directories and multi-store backends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use imaged_store::{
+    BackendOptions, BackendType, ErrorClass, ErrorKind, FilesystemOptions, Location, Store,
+    StoreMode, StoreOptions, Timeouts, WriteOptions,
+};
+
+fn single(dir: &Path) -> Store {
+    Store::new(StoreOptions {
+        mode: StoreMode::Single {
+            default_store: BackendType::File,
+            filesystem: Some(FilesystemOptions::with_datadir(dir)),
+            s3: None,
+        },
+        timeouts: Timeouts::default(),
+    })
+    .unwrap()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn file_url(p: &Path) -> String {
+    format!("file://{}", p.display())
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn write_read_delete_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let datadir = tmp.path().join("images");
+    let store = single(&datadir);
+    let data = pattern(3 * 1024 * 1024 + 17);
+    let seen = Mutex::new(Vec::new());
+    let progress = |n: u64| seen.lock().unwrap().push(n);
+    let written = store
+        .write(
+            "img-1",
+            &data[..],
+            WriteOptions {
+                progress: Some(&progress),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.size, data.len() as u64);
+    assert_eq!(written.url, file_url(&datadir.join("img-1")));
+    assert_eq!(
+        written.store, None,
+        "single-store writes carry no store name"
+    );
+    assert_eq!(std::fs::read(datadir.join("img-1")).unwrap(), data);
+    assert_eq!(
+        list(&datadir),
+        vec!["img-1".to_string()],
+        "no temp file left"
+    );
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(seen.last().copied(), Some(data.len() as u64));
+
+    let loc = Location::new(&written.url).with_image_id("img-1");
+    let stream = store.open_read(&loc).await.unwrap();
+    assert_eq!(stream.size(), Some(data.len() as u64));
+    assert_eq!(stream.collect_all().await.unwrap(), data);
+
+    store.delete(&loc).await.unwrap();
+    assert!(!datadir.join("img-1").exists());
+    let again = store.delete(&loc).await.unwrap_err();
+    assert_eq!(again.class(), ErrorClass::NotFound, "{again}");
+    let read = store.open_read(&loc).await.unwrap_err();
+    assert_eq!(read.class(), ErrorClass::NotFound, "{read}");
+}
+
+#[tokio::test]
+async fn async_read_adapter_streams_the_same_bytes() {
+    use tokio::io::AsyncReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(tmp.path());
+    let data = pattern(2_500_000);
+    let w = store
+        .write("img-r", &data[..], WriteOptions::default())
+        .await
+        .unwrap();
+    let mut r = store
+        .open_read(&Location::new(&w.url))
+        .await
+        .unwrap()
+        .into_async_read();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, data);
+}
+
+#[tokio::test]
+async fn empty_image_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(tmp.path());
+    let w = store
+        .write("empty", &b""[..], WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(w.size, 0);
+    let got = store
+        .open_read(&Location::new(&w.url))
+        .await
+        .unwrap()
+        .collect_all()
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+}
+
+#[tokio::test]
+async fn writing_an_existing_image_is_refused_and_keeps_the_old_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(tmp.path());
+    store
+        .write("dup", &b"first"[..], WriteOptions::default())
+        .await
+        .unwrap();
+    let err = store
+        .write("dup", &b"second"[..], WriteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(err.kind(), &ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(tmp.path().join("dup")).unwrap(), b"first");
+    assert_eq!(list(tmp.path()), vec!["dup".to_string()]);
+}
+
+#[tokio::test]
+async fn size_cap_aborts_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(tmp.path());
+    let data = pattern(3 * 1024 * 1024);
+    let err = store
+        .write(
+            "capped",
+            &data[..],
+            WriteOptions {
+                size_cap: Some(2 * 1024 * 1024 + 5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(err.kind(), &ErrorKind::SizeCapExceeded);
+    assert!(list(tmp.path()).is_empty(), "{:?}", list(tmp.path()));
+
+    // Exactly at the cap is allowed.
+    let w = store
+        .write(
+            "at-cap",
+            &data[..],
+            WriteOptions {
+                size_cap: Some(data.len() as u64),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.size, data.len() as u64);
+}
+
+#[tokio::test]
+async fn bad_image_ids_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(&tmp.path().join("d"));
+    for id in ["", "..", "../escape", "a/b", ".hidden"] {
+        let err = store
+            .write(id, &b"x"[..], WriteOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Permanent, "{id:?}");
+    }
+    assert!(!tmp.path().join("escape").exists());
+}
+
+#[tokio::test]
+async fn stalled_source_times_out_as_transient_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::new(StoreOptions {
+        mode: StoreMode::Single {
+            default_store: BackendType::File,
+            filesystem: Some(FilesystemOptions::with_datadir(tmp.path())),
+            s3: None,
+        },
+        timeouts: Timeouts {
+            stall: Duration::from_millis(300),
+            ..Timeouts::default()
+        },
+    })
+    .unwrap();
+    let (mut tx, rx) = tokio::io::duplex(1024);
+    tokio::io::AsyncWriteExt::write_all(&mut tx, b"some bytes")
+        .await
+        .unwrap();
+    // `tx` stays open and silent: the write must give up on its own.
+    let err = store
+        .write("stalled", rx, WriteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient, "{err}");
+    assert_eq!(err.kind(), &ErrorKind::Timeout);
+    assert!(list(tmp.path()).is_empty(), "{:?}", list(tmp.path()));
+    drop(tx);
+}
+
+struct Attack {
+    _tmp: tempfile::TempDir,
+    datadir: PathBuf,
+    outside: PathBuf,
+    victim: PathBuf,
+    store: Store,
+}
+
+fn attack_setup() -> Attack {
+    let tmp = tempfile::tempdir().unwrap();
+    let datadir = tmp.path().join("images");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&datadir).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"not image data").unwrap();
+    let store = single(&datadir);
+    Attack {
+        _tmp: tmp,
+        datadir,
+        outside,
+        victim,
+        store,
+    }
+}
+
+async fn assert_refused(a: &Attack, url: &str) {
+    let loc = Location::new(url).with_image_id("attack-image");
+    let del = a.store.delete(&loc).await.unwrap_err();
+    assert_eq!(del.class(), ErrorClass::Permanent, "delete {url}: {del}");
+    assert_eq!(del.kind(), &ErrorKind::OutsideStore, "delete {url}: {del}");
+    let read = a.store.open_read(&loc).await.unwrap_err();
+    assert_eq!(read.class(), ErrorClass::Permanent, "read {url}: {read}");
+    assert!(a.victim.exists(), "{url} deleted the victim");
+    assert_eq!(std::fs::read(&a.victim).unwrap(), b"not image data");
+}
+
+#[tokio::test]
+async fn absolute_path_outside_is_refused() {
+    let a = attack_setup();
+    assert_refused(&a, &file_url(&a.victim)).await;
+    assert_refused(&a, "file:///etc/passwd").await;
+    assert!(Path::new("/etc/passwd").exists());
+}
+
+#[tokio::test]
+async fn dot_dot_segments_are_refused() {
+    let a = attack_setup();
+    let url = format!("file://{}/../outside/victim", a.datadir.display());
+    assert_refused(&a, &url).await;
+    let url = format!("file://{}/./x/../../outside/victim", a.datadir.display());
+    assert_refused(&a, &url).await;
+}
+
+#[tokio::test]
+async fn percent_encoded_traversal_is_refused() {
+    let a = attack_setup();
+    for enc in ["%2e%2e", "%2E%2E", ".%2e", "..%2fx"] {
+        let url = format!("file://{}/{enc}/outside/victim", a.datadir.display());
+        assert_refused(&a, &url).await;
+    }
+    let url = format!("file://{}%2f..%2foutside%2fvictim", a.datadir.display());
+    assert_refused(&a, &url).await;
+}
+
+#[tokio::test]
+async fn symlink_escapes_are_refused() {
+    let a = attack_setup();
+    let link = a.datadir.join("img-link");
+    std::os::unix::fs::symlink(&a.victim, &link).unwrap();
+    assert_refused(&a, &file_url(&link)).await;
+    assert!(
+        link.symlink_metadata().is_ok(),
+        "the symlink itself is left alone"
+    );
+
+    let dirlink = a.datadir.join("sub");
+    std::os::unix::fs::symlink(&a.outside, &dirlink).unwrap();
+    assert_refused(&a, &file_url(&dirlink.join("victim"))).await;
+}
+
+#[tokio::test]
+async fn sibling_directory_with_common_prefix_is_outside() {
+    let a = attack_setup();
+    let sibling = PathBuf::from(format!("{}2", a.datadir.display()));
+    std::fs::create_dir_all(&sibling).unwrap();
+    let f = sibling.join("x");
+    std::fs::write(&f, b"x").unwrap();
+    let err = a
+        .store
+        .delete(&Location::new(file_url(&f)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::OutsideStore);
+    assert!(f.exists());
+}
+
+#[tokio::test]
+async fn directories_and_the_datadir_itself_are_permanent() {
+    let a = attack_setup();
+    std::fs::create_dir_all(a.datadir.join("adir")).unwrap();
+    let err = a
+        .store
+        .delete(&Location::new(file_url(&a.datadir.join("adir"))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(err.kind(), &ErrorKind::NotAFile);
+    assert!(a.datadir.join("adir").is_dir());
+    let err = a
+        .store
+        .delete(&Location::new(file_url(&a.datadir)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert!(a.datadir.is_dir());
+}
+
+#[tokio::test]
+async fn datadir_reached_through_a_symlink_still_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let link = tmp.path().join("images");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let store = single(&link);
+    let w = store
+        .write("via-link", &b"data"[..], WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(w.url, file_url(&link.join("via-link")));
+    assert!(real.join("via-link").exists());
+    store.delete(&Location::new(&w.url)).await.unwrap();
+    assert!(!real.join("via-link").exists());
+}
+
+#[tokio::test]
+async fn datadirs_priority_decides_where_writes_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let low = tmp.path().join("low");
+    let high = tmp.path().join("high");
+    let store = Store::new(StoreOptions {
+        mode: StoreMode::Single {
+            default_store: BackendType::File,
+            filesystem: Some(FilesystemOptions {
+                datadir: None,
+                datadirs: vec![(low.clone(), 0), (high.clone(), 100)],
+                file_perm: 0o640,
+                chunk_size: 0,
+            }),
+            s3: None,
+        },
+        timeouts: Timeouts::default(),
+    })
+    .unwrap();
+    let w = store
+        .write("p1", &b"abc"[..], WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(w.url, file_url(&high.join("p1")));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(high.join("p1"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+
+    // Too big for any directory: refused before writing anything.
+    let err = store
+        .write(
+            "huge",
+            &b"abc"[..],
+            WriteOptions {
+                size_hint: Some(u64::MAX / 2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::NoSpace);
+
+    // Both directories are readable and deletable.
+    std::fs::write(low.join("old"), b"old").unwrap();
+    store
+        .delete(&Location::new(file_url(&low.join("old"))))
+        .await
+        .unwrap();
+    store.delete(&Location::new(&w.url)).await.unwrap();
+}
+
+fn multi(a: &Path, b: &Path) -> Store {
+    let mut backends = BTreeMap::new();
+    backends.insert(
+        "fast".to_string(),
+        BackendOptions::File(FilesystemOptions::with_datadir(a)),
+    );
+    backends.insert(
+        "cheap".to_string(),
+        BackendOptions::File(FilesystemOptions::with_datadir(b)),
+    );
+    backends.insert(
+        "ceph".to_string(),
+        BackendOptions::Unsupported(BackendType::Rbd),
+    );
+    backends.insert("web".to_string(), BackendOptions::Http);
+    Store::new(StoreOptions {
+        mode: StoreMode::Multi {
+            backends,
+            default_backend: Some("fast".into()),
+        },
+        timeouts: Timeouts::default(),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn multi_store_routes_by_store_key_and_by_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let store = multi(&a, &b);
+
+    let w1 = store
+        .write("m1", &b"one"[..], WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(w1.store.as_deref(), Some("fast"));
+    assert_eq!(w1.url, file_url(&a.join("m1")));
+    let w2 = store
+        .write(
+            "m2",
+            &b"two"[..],
+            WriteOptions {
+                backend: Some("cheap"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(w2.store.as_deref(), Some("cheap"));
+    assert_eq!(w2.url, file_url(&b.join("m2")));
+
+    // The store key must match the backend that holds the path: the "fast" backend
+    // refuses a file of the "cheap" directory.
+    let wrong = Location::new(&w2.url).with_store("fast");
+    let err = store.delete(&wrong).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::OutsideStore);
+    assert!(b.join("m2").exists());
+
+    // Without a store key (pre-multi-store rows) the path picks the backend.
+    store.delete(&Location::new(&w2.url)).await.unwrap();
+    assert!(!b.join("m2").exists());
+    store
+        .delete(&Location::new(&w1.url).with_store("fast"))
+        .await
+        .unwrap();
+
+    let err = store
+        .delete(&Location::new(&w1.url).with_store("nonexistent"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(err.kind(), &ErrorKind::UnknownBackend);
+
+    let err = store
+        .delete(&Location::new(&w1.url).with_store("ceph"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(err.kind(), &ErrorKind::BackendNotSupported);
+
+    let err = store
+        .write(
+            "m3",
+            &b"x"[..],
+            WriteOptions {
+                backend: Some("ceph"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::BackendNotSupported);
+    let err = store
+        .write(
+            "m3",
+            &b"x"[..],
+            WriteOptions {
+                backend: Some("web"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::OperationNotSupported);
+}
+
+#[tokio::test]
+async fn unsupported_and_unknown_schemes_fail_permanently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(tmp.path());
+    let id = "6b1e2b3c-1d2e-4f50-8a9b-0c1d2e3f4a5b";
+    let cases = [
+        (
+            "rbd://fsid/images/img/snap".to_string(),
+            ErrorKind::BackendNotSupported,
+        ),
+        ("rbd://img".to_string(), ErrorKind::BackendNotSupported),
+        (
+            "swift://u:k@auth.example/v1/c/o".to_string(),
+            ErrorKind::BackendNotSupported,
+        ),
+        (
+            "swift+https://u:k@auth.example/v1/c/o".to_string(),
+            ErrorKind::BackendNotSupported,
+        ),
+        (
+            "swift+config://ref/c/o".to_string(),
+            ErrorKind::BackendNotSupported,
+        ),
+        (format!("cinder://{id}"), ErrorKind::BackendNotSupported),
+        (
+            "vsphere://vc/folder/x?dcPath=d&dsName=s".to_string(),
+            ErrorKind::BackendNotSupported,
+        ),
+        ("gopher://x/y".to_string(), ErrorKind::UnknownScheme),
+        ("rbd://a/b".to_string(), ErrorKind::MalformedUri),
+        ("no scheme at all".to_string(), ErrorKind::MalformedUri),
+        ("s3://host/only-bucket".to_string(), ErrorKind::MalformedUri),
+        // No S3 backend configured in this single-store file-only setup.
+        ("s3://h/b/k".to_string(), ErrorKind::UnknownBackend),
+    ];
+    for (url, kind) in cases {
+        let loc = Location::new(&url);
+        let err = store.delete(&loc).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Permanent, "{url}: {err}");
+        assert_eq!(err.kind(), &kind, "{url}: {err}");
+        let err = store.open_read(&loc).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Permanent, "{url}: {err}");
+        assert!(!err.to_string().contains(":k@"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn stale_temp_files_are_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(tmp.path());
+    std::fs::write(tmp.path().join(".abc.imaged-tmp-123"), b"partial").unwrap();
+    std::fs::write(tmp.path().join("real-image"), b"keep").unwrap();
+    assert_eq!(
+        store
+            .remove_stale_temp_files(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0,
+        "too young to remove"
+    );
+    assert_eq!(
+        store.remove_stale_temp_files(Duration::ZERO).await.unwrap(),
+        1
+    );
+    assert_eq!(list(tmp.path()), vec!["real-image".to_string()]);
+}
