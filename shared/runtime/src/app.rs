@@ -229,11 +229,7 @@ fn str_value(config: &Config, section: &str, name: &str) -> Option<String> {
 pub fn store_options(config: &Config) -> Result<StoreOptions, AppError> {
     let g = config.glance_store();
     let mode = if g.enabled_backends.is_empty() {
-        let types: Vec<BackendType> = g
-            .stores
-            .iter()
-            .filter_map(|s| store_type(s))
-            .collect();
+        let types: Vec<BackendType> = g.stores.iter().filter_map(|s| store_type(s)).collect();
         let default_store = store_type(&g.default_store).ok_or_else(|| {
             option_error(
                 "glance_store",
@@ -357,9 +353,7 @@ fn s3(section: &str, o: &Conf) -> Result<S3Options, AppError> {
 /// queue would only burn CPU and database round trips.
 pub fn schedule(s: &imaged_config::Schedule) -> Schedule {
     match s {
-        imaged_config::Schedule::Every(d) => {
-            Schedule::every((*d).max(Duration::from_secs(1)))
-        }
+        imaged_config::Schedule::Every(d) => Schedule::every((*d).max(Duration::from_secs(1))),
         imaged_config::Schedule::Cron(expr) => {
             // The configuration crate validated the expression with the same
             // parser, so this cannot fail for a loaded configuration; fall
@@ -403,7 +397,10 @@ mod tests {
         let c = catalog_options(&config).unwrap();
         assert_eq!(c.connection, "mysql+pymysql://glance:pw@db/glance");
         assert_eq!(c.max_retries, -1);
-        assert_eq!(c.metadata_encryption_key.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            c.metadata_encryption_key.as_deref(),
+            Some("0123456789abcdef")
+        );
         match store_options(&config).unwrap().mode {
             StoreMode::Single {
                 default_store,
@@ -489,9 +486,8 @@ mod tests {
     fn use_stderr_unset_stays_unset() {
         let (_d, r) = loaded("[database]\nconnection = sqlite:////tmp/x.db\n");
         assert_eq!(logging_options(&r.unwrap().config).use_stderr, None);
-        let (_d, r) = loaded(
-            "[DEFAULT]\nuse_stderr = false\n[database]\nconnection = sqlite:////tmp/x.db\n",
-        );
+        let (_d, r) =
+            loaded("[DEFAULT]\nuse_stderr = false\n[database]\nconnection = sqlite:////tmp/x.db\n");
         assert_eq!(logging_options(&r.unwrap().config).use_stderr, Some(false));
     }
 }

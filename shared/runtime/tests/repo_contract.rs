@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use imaged_runtime::ExitCode;
 
 fn repo_file(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -21,19 +23,17 @@ fn readme_test_command(readme: &str) -> String {
         .split("```sh\n")
         .nth(1)
         .expect("the Testing section has a ```sh block");
-    block
-        .split("```")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string()
+    block.split("```").next().unwrap().trim().to_string()
 }
 
 #[test]
 fn ci_runs_the_readme_test_command() {
     let readme = repo_file("README.md");
     let command = readme_test_command(&readme);
-    assert!(command.contains("--locked"), "test command must build with --locked");
+    assert!(
+        command.contains("--locked"),
+        "test command must build with --locked"
+    );
     let ci = repo_file(".ci/run");
     assert!(
         ci.lines().any(|l| l.trim() == command),
