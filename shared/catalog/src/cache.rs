@@ -85,6 +85,31 @@ impl Catalog {
         .await
     }
 
+    /// Records an image cached on `node_url` with given times (naive UTC), e.g. when an
+    /// untracked cache file is adopted with its file times; a duplicate is ignored. Returns
+    /// whether a row was inserted.
+    pub async fn insert_cached_image_at(
+        &self,
+        node_url: &str,
+        image_id: &str,
+        size: i64,
+        last_accessed: NaiveDateTime,
+        last_modified: NaiveDateTime,
+    ) -> Result<bool> {
+        let node = self.register_node(node_url).await?;
+        let (ins, tail) = self.insert_ignore();
+        self.with_retry("insert cached image", || async {
+            let sql = self.sql(&format!(
+                "{ins} cached_images (image_id, last_accessed, last_modified, size, hits, checksum, node_reference_id) \
+                 VALUES (?, ?, ?, ?, 0, NULL, ?){tail}"
+            ));
+            Ok(on_pool!(&self.pool, p => {
+                sqlx::query(sql).bind(image_id).bind(Ts(last_accessed)).bind(Ts(last_modified)).bind(size).bind(node).execute(p).await?.rows_affected() > 0
+            }))
+        })
+        .await
+    }
+
     /// `hits + 1, last_accessed = now` for an image cached on `node_url`.
     pub async fn record_cache_hit(&self, node_url: &str, image_id: &str) -> Result<bool> {
         self.with_retry("cache hit", || async {

@@ -6,7 +6,7 @@
 //!   and lock time-outs, and keeps a second pool for `slave_connection`.
 //! * [`schema`] holds Glance's schema at alembic head `2024_1_contract01`,
 //!   its creation and verification, and imaged's additive `imaged_*` tables.
-//! * [`scrub`], [`tasks`], [`images`] and [`cache`] are the typed operations
+//! * [`scrub`] (with its batched writes in [`scrub_batch`]), [`tasks`], [`images`] and [`cache`] are the typed operations
 //!   the daemons call; [`claims`] is the lease protocol they share.
 //! * [`crypt`] is Glance-compatible location-URL encryption, [`time`] the
 //!   timestamp forms Glance writes.
@@ -20,10 +20,12 @@ pub mod crypt;
 pub mod db;
 pub mod error;
 pub mod images;
+pub mod imports;
 pub mod json;
 pub mod options;
 pub mod schema;
 pub mod scrub;
+pub mod scrub_batch;
 pub mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -397,13 +397,26 @@ impl Catalog {
 
     async fn restore_once(&self, image_id: &str) -> Result<RestoreReport> {
         let now = Ts(utcnow());
-        let get = self.sql("SELECT status, deleted_at FROM images WHERE id = ?");
-        let claimed = self.sql(
-            "SELECT COUNT(*) FROM imaged_claims WHERE kind = ? AND unit_id = ? AND owner IS NOT NULL AND lease_expires_at >= ?",
-        );
-        let scrubbed = self.sql(
-            "SELECT COUNT(*) FROM image_locations WHERE image_id = ? AND status = 'deleted' AND deleted_at > ?",
-        );
+        // The image row is locked first and the claim and location checks
+        // read the latest committed rows (MySQL's REPEATABLE READ would
+        // otherwise answer them from the transaction's first snapshot), so
+        // a scrubber's claim committed before this lock is always seen, and
+        // a scrubber re-checking its claimed images after this lock waits
+        // for the restore to commit (see `still_pending_locations`).
+        let (lock, share) = match self.engine() {
+            crate::Engine::Sqlite => ("", ""),
+            crate::Engine::Postgres => (" FOR UPDATE", ""),
+            crate::Engine::MySql => (" FOR UPDATE", " LOCK IN SHARE MODE"),
+        };
+        let get = self.sql(&format!(
+            "SELECT status, deleted_at FROM images WHERE id = ?{lock}"
+        ));
+        let claimed = self.sql(&format!(
+            "SELECT COUNT(*) FROM imaged_claims WHERE kind = ? AND unit_id = ? AND owner IS NOT NULL AND lease_expires_at >= ?{share}"
+        ));
+        let scrubbed = self.sql(&format!(
+            "SELECT COUNT(*) FROM image_locations WHERE image_id = ? AND status = 'deleted' AND deleted_at > ?{share}"
+        ));
         let img = self.sql(
             "UPDATE images SET status = 'active', deleted = FALSE, deleted_at = NULL, updated_at = ? \
              WHERE id = ? AND status = 'pending_delete'",

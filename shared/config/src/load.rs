@@ -724,7 +724,10 @@ impl Loader<'_> {
             (!failed(s, n)).then(|| Diagnostic::new(format!("must be set: {why}")).option(s, n))
         };
         let mut found = Vec::new();
-        if config.database().connection.is_none() {
+        // The cache daemon with the node-local sqlite driver never needs the catalog, just
+        // as glance-cache-pruner/cleaner do not.
+        let catalog_optional = daemon == Daemon::Cache && config.cache().driver != "centralized_db";
+        if config.database().connection.is_none() && !catalog_optional {
             found.extend(missing(
                 "database",
                 "connection",

@@ -767,6 +767,9 @@ static EXTRA: &[OptionDef] = &[
     opt("imaged_cache", "low_water_mark", Kind::Size, None,
         "Size the pruner shrinks the cache to once it exceeds image_cache_max_size; unset means image_cache_max_size itself.")
         .used(C).live().unit("bytes").imaged(),
+    opt("imaged_cache", "orphan_grace", Kind::Int { min: Some(0), max: None }, Some("600"),
+        "Seconds an image file without an index row is left alone (it may be a commit still in flight); after that prune adopts it and clean removes it.")
+        .used(C).live().unit("seconds").imaged(),
     opt("imaged_cache", "min_free_disk", Kind::Size, None,
         "Free space to keep on the cache filesystem; the pruner evicts further while less is free. Unset turns the check off.")
         .used(C).live().unit("bytes").imaged(),
@@ -785,4 +788,16 @@ static EXTRA: &[OptionDef] = &[
     opt("imaged_tasks", "poll_interval", Kind::Int { min: Some(1), max: None }, Some("5"),
         "Seconds between looks for new pending tasks when idle.")
         .used(T).live().unit("seconds").imaged(),
+    opt("imaged_tasks", "import_file_dirs", Kind::List, Some(""),
+        "Directories import tasks may read file:// sources from (checked after resolving symlinks); empty refuses every file:// source.")
+        .used(T).live().imaged(),
+    opt("imaged_tasks", "connect_timeout", Kind::Int { min: Some(1), max: None }, Some("30"),
+        "Seconds an import download may take to connect to its server.")
+        .used(T).live().unit("seconds").imaged(),
+    opt("imaged_tasks", "read_timeout", Kind::Int { min: Some(1), max: None }, Some("60"),
+        "Seconds an import download may wait for more data before it fails.")
+        .used(T).live().unit("seconds").imaged(),
+    opt("imaged_tasks", "user_agent", Kind::Str, None,
+        "User-Agent header of import downloads; unset sends imaged-tasks/<version>.")
+        .used(T).live().imaged(),
 ];

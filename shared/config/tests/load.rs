@@ -540,6 +540,22 @@ fn required_options_are_checked() {
 }
 
 #[test]
+fn cache_with_the_sqlite_driver_needs_no_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "a.conf",
+        "[DEFAULT]\nimage_cache_driver = sqlite\nimage_cache_dir = /var/lib/glance/image-cache\n",
+    );
+    ok(load(&request(Daemon::Cache, &[&f])));
+    let errors = err(load(&request(Daemon::Scrubber, &[&f])));
+    assert!(
+        has(&errors, "[database] connection: must be set"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
 fn multi_store_backend_sections() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(

@@ -147,7 +147,13 @@ pub fn config_command(
 /// without credentials), all at once.
 pub fn derived_problems(config: &Config) -> Vec<AppError> {
     let mut out = Vec::new();
-    if let Err(e) = catalog_options(config) {
+    // The cache daemon with the node-local sqlite driver works without the catalog.
+    let catalog_optional = config.daemon() == Some(Daemon::Cache)
+        && config.cache().driver != "centralized_db"
+        && config.database().connection.is_none();
+    if let Err(e) = catalog_options(config)
+        && !catalog_optional
+    {
         out.push(e);
     }
     if let Err(e) = store_options(config) {

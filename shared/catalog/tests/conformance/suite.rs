@@ -1270,6 +1270,28 @@ pub async fn centralized_cache_tables(db: TestDb) {
     assert_eq!(cat.delete_all_cached_images(n1).await.unwrap(), 1);
     assert!(cat.cached_images(n1).await.unwrap().is_empty());
     assert_eq!(cat.cached_images(n2).await.unwrap().len(), 1);
+    // Adoption with explicit times (whole seconds: MySQL DATETIME keeps no fraction).
+    let at = chrono::NaiveDate::from_ymd_opt(2020, 1, 2)
+        .unwrap()
+        .and_hms_opt(3, 4, 5)
+        .unwrap();
+    let modified = at - chrono::Duration::hours(1);
+    assert!(
+        cat.insert_cached_image_at(n1, "img-c", 300, at, modified)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !cat.insert_cached_image_at(n1, "img-c", 300, at, modified)
+            .await
+            .unwrap()
+    );
+    let rc = cat.cached_images(n1).await.unwrap();
+    let rc = rc.iter().find(|r| r.image_id == "img-c").unwrap();
+    assert_eq!(
+        (rc.last_accessed, rc.last_modified, rc.size, rc.hits),
+        (at, modified, 300, 0)
+    );
 }
 
 pub async fn encrypted_locations_written_like_glance(db: TestDb) {

@@ -1,0 +1,333 @@
+//! Benchmark of the import executor against its baselines, in one run:
+//!
+//! * `big`: import a raw image (default 1 GiB) from an HTTP server on
+//!   loopback into the filesystem store with the real `imaged-tasks once`,
+//!   against `sha512sum` of the same file; peak RSS of the executor from
+//!   `getrusage(RUSAGE_CHILDREN)`;
+//! * `small`: 100 small imports with `engine_mode = serial` against
+//!   `engine_mode = parallel, max_workers = 4`, from a server that answers
+//!   after a fixed first-byte delay (a remote web server's latency).
+//!
+//! Run: `cargo build --release -p imaged-tasks && target/release/imaged-tasks-bench`
+//! Knobs: IMAGED_BENCH_DIR, IMAGED_BENCH_SIZE_MIB (1024), IMAGED_BENCH_RUNS (5),
+//! IMAGED_BENCH_SMALL (100), IMAGED_BENCH_SMALL_KIB (256), IMAGED_BENCH_LATENCY_MS (50),
+//! IMAGED_BENCH_PG_URL (a PostgreSQL server URL such as
+//! `postgres://postgres@127.0.0.1:5432/postgres`: the small-import runs then use a fresh
+//! database on it instead of SQLite).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imaged_catalog::tasks::NewTask;
+use imaged_catalog::{Catalog, CatalogOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Serves `<dir>/<name>` with Content-Length after `latency`.
+async fn serve(listener: tokio::net::TcpListener, dir: Arc<PathBuf>, latency: Duration) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match sock.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => n += k,
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string();
+            tokio::time::sleep(latency).await;
+            let Ok(mut f) = tokio::fs::File::open(dir.join(&path)).await else {
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+                return;
+            };
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let h =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+            if sock.write_all(h.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy(&mut f, &mut sock).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+struct Setup {
+    /// The PostgreSQL server and database to drop afterwards, if one was created.
+    pg: Option<(String, String)>,
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    catalog: Catalog,
+}
+
+async fn setup(base: &Path, port: u16, extra: &str) -> Setup {
+    let dir = tempfile::tempdir_in(base).expect("temp dir");
+    let (url, pg) = match std::env::var("IMAGED_BENCH_PG_URL") {
+        Ok(server) if extra.contains("max_workers") => {
+            let url = pg_database(&server).await;
+            let name = url::Url::parse(&url)
+                .expect("url")
+                .path()
+                .trim_start_matches('/')
+                .to_string();
+            (url, Some((server, name)))
+        }
+        _ => (
+            format!("sqlite:///{}", dir.path().join("glance.sqlite").display()),
+            None,
+        ),
+    };
+    let catalog = Catalog::open(CatalogOptions::new(url.clone()))
+        .await
+        .expect("catalog");
+    let images = dir.path().join("images");
+    let conf = dir.path().join("bench.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[DEFAULT]\nuse_stderr = true\n[database]\nconnection = {url}\n\
+             [glance_store]\nstores = file\ndefault_store = file\nfilesystem_store_datadir = {}\n\
+             [task]\nwork_dir = {}\n[import_filtering_opts]\nallowed_hosts = [127.0.0.1]\nallowed_ports = [{port}]\n{extra}\n",
+            images.display(),
+            dir.path().join("work").display()
+        ),
+    )
+    .expect("config");
+    Setup {
+        pg,
+        dir,
+        conf,
+        catalog,
+    }
+}
+
+/// A fresh database (created with `createdb`) on the PostgreSQL server
+/// named by `server`, with Glance's schema; returns its URL.
+async fn pg_database(server: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "imaged_bench_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    );
+    let mut u = url::Url::parse(server).expect("PostgreSQL URL");
+    let st = Command::new("createdb")
+        .arg("-h")
+        .arg(u.host_str().unwrap_or("127.0.0.1"))
+        .arg("-p")
+        .arg(u.port().unwrap_or(5432).to_string())
+        .arg("-U")
+        .arg(if u.username().is_empty() {
+            "postgres"
+        } else {
+            u.username()
+        })
+        .arg(&name)
+        .status()
+        .expect("run createdb");
+    assert!(st.success(), "createdb failed");
+    u.set_path(&format!("/{name}"));
+    let cat = Catalog::connect(CatalogOptions::new(u.to_string()), false)
+        .await
+        .expect("connect");
+    cat.create_schema().await.expect("schema");
+    u.to_string()
+}
+
+fn executor_bin() -> PathBuf {
+    std::env::current_exe()
+        .expect("exe")
+        .with_file_name("imaged-tasks")
+}
+
+async fn enqueue(cat: &Catalog, url: &str) {
+    let input = serde_json::json!({"import_from": url, "import_from_format": "raw",
+        "image_properties": {"disk_format": "raw", "container_format": "bare"}});
+    cat.enqueue_task(&NewTask::new("import", "bench", input))
+        .await
+        .expect("enqueue");
+}
+
+fn run_once(conf: &Path) -> f64 {
+    let t = Instant::now();
+    let out = Command::new(executor_bin())
+        .arg("--config-file")
+        .arg(conf)
+        .arg("once")
+        .output()
+        .expect("run imaged-tasks");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "imaged-tasks once failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secs
+}
+
+fn max_rss_children_kib() -> i64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|r| r.max_rss())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let base = std::env::var("IMAGED_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let size_mib = env_num("IMAGED_BENCH_SIZE_MIB", 1024);
+    let runs = env_num("IMAGED_BENCH_RUNS", 5) as usize;
+    let small_n = env_num("IMAGED_BENCH_SMALL", 100);
+    let small_kib = env_num("IMAGED_BENCH_SMALL_KIB", 256);
+    let latency = Duration::from_millis(env_num("IMAGED_BENCH_LATENCY_MS", 50));
+
+    let data_dir = tempfile::tempdir_in(&base).expect("data dir");
+    let big = data_dir.path().join("big.raw");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).expect("create"));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..size_mib {
+            for b in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+            }
+            f.write_all(&block).expect("write");
+        }
+    }
+    let small = data_dir.path().join("small.raw");
+    std::fs::write(&small, vec![0x5au8; (small_kib * 1024) as usize]).expect("small");
+
+    let dir = Arc::new(data_dir.path().to_path_buf());
+    let fast = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let fast_port = fast.local_addr().expect("addr").port();
+    tokio::spawn(serve(fast, dir.clone(), Duration::ZERO));
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow_port = slow.local_addr().expect("addr").port();
+    tokio::spawn(serve(slow, dir.clone(), latency));
+
+    // --- big import vs sha512sum ---
+    let mut ours = Vec::new();
+    let mut base_t = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let st = Command::new("sha512sum")
+            .arg(&big)
+            .output()
+            .expect("sha512sum");
+        assert!(st.status.success());
+        base_t.push(t.elapsed().as_secs_f64());
+        let s = setup(
+            &base,
+            fast_port,
+            "[taskflow_executor]\nengine_mode = parallel\n",
+        )
+        .await;
+        enqueue(&s.catalog, &format!("http://127.0.0.1:{fast_port}/big.raw")).await;
+        ours.push(run_once(&s.conf));
+        let n = s
+            .catalog
+            .list_tasks(&Default::default())
+            .await
+            .expect("list");
+        assert_eq!(n[0].status, "success", "{:?}", n[0].message);
+        drop(s.dir);
+    }
+    let rss = max_rss_children_kib();
+    let (o, b) = (median(&mut ours), median(&mut base_t));
+    println!(
+        "big import {size_mib} MiB: imaged-tasks median {o:.3} s, sha512sum median {b:.3} s, ratio {:.2} (goal <= 1.25)",
+        o / b
+    );
+    println!(
+        "peak RSS of imaged-tasks (max over child processes): {} MiB (goal <= 64)",
+        rss / 1024
+    );
+
+    // --- 100 small imports, serial vs parallel ---
+    let mut serial = Vec::new();
+    let mut parallel = Vec::new();
+    for _ in 0..runs.min(3) {
+        for (mode, out) in [("serial", &mut serial), ("parallel", &mut parallel)] {
+            let s = setup(
+                &base,
+                slow_port,
+                &format!("[taskflow_executor]\nengine_mode = {mode}\nmax_workers = 4\n"),
+            )
+            .await;
+            for _ in 0..small_n {
+                enqueue(
+                    &s.catalog,
+                    &format!("http://127.0.0.1:{slow_port}/small.raw"),
+                )
+                .await;
+            }
+            out.push(run_once(&s.conf));
+            let done = s
+                .catalog
+                .list_tasks(&Default::default())
+                .await
+                .expect("list");
+            assert!(done.iter().all(|t| t.status == "success"));
+            s.catalog.close().await;
+            if let Some((server, name)) = &s.pg {
+                let u = url::Url::parse(server).expect("url");
+                let _ = Command::new("dropdb")
+                    .args([
+                        "--force",
+                        "-h",
+                        u.host_str().unwrap_or("127.0.0.1"),
+                        "-U",
+                        "postgres",
+                        name,
+                    ])
+                    .status();
+            }
+        }
+    }
+    let (s, p) = (median(&mut serial), median(&mut parallel));
+    println!(
+        "{small_n} imports of {small_kib} KiB, {} ms first-byte latency: serial {s:.3} s, parallel(4) {p:.3} s, speed-up {:.2}x (goal >= 3)",
+        latency.as_millis(),
+        s / p
+    );
+}

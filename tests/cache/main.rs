@@ -1,0 +1,10 @@
+//! End-to-end tests of the `imaged-cache` binary on caches laid out exactly as Glance's API
+//! leaves them, for the sqlite driver and the centralized_db driver on every catalog engine.
+
+mod central;
+mod concurrency;
+mod defects;
+mod harness;
+mod prefetch;
+mod states;
+mod verbs;
