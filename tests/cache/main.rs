@@ -8,3 +8,14 @@ mod harness;
 mod prefetch;
 mod states;
 mod verbs;
+
+#[path = "../common/systemd.rs"]
+mod systemd;
+
+#[test]
+fn systemd_units_verify_and_use_real_flags() {
+    systemd::check_units(
+        "imaged-cache",
+        std::path::Path::new(env!("CARGO_BIN_EXE_imaged-cache")),
+    );
+}
