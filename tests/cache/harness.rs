@@ -3,7 +3,6 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -231,14 +230,7 @@ impl PosixLock {
             .create(true)
             .open(path)
             .unwrap();
-        let req = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: 0,
-            l_len: 0,
-            l_pid: 0,
-        };
-        let _ = f.as_raw_fd();
+        let req = imaged_cache::lock::whole_file_write_lock();
         nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETLK(&req)).unwrap();
         PosixLock { _f: f }
     }

@@ -5,6 +5,8 @@ mod central;
 mod concurrency;
 mod defects;
 mod harness;
+mod limits;
+mod metrics;
 mod prefetch;
 mod states;
 mod verbs;

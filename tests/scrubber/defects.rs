@@ -199,6 +199,8 @@ async fn d6_one_undecryptable_url_does_not_stop_the_run() {
     let mut bad = PendingDeleteImage::new(hour_ago(), 1);
     bad.locations = vec![("bm90IGEgdmFsaWQgY2lwaGVydGV4dA==".into(), Some("{}".into()))];
     bad.insert(&env.db.catalog).await.unwrap();
+    // Listed after the bad row in the same unit: its result must stay its own.
+    let later = env.pending_image(1, hour_ago()).await;
 
     let out = env.run(&["once"]);
     let log = text(&out);
@@ -210,6 +212,10 @@ async fn d6_one_undecryptable_url_does_not_stop_the_run() {
     );
     assert_eq!(
         env.image_text(&plain.id, "status").await.as_deref(),
+        Some("deleted")
+    );
+    assert_eq!(
+        env.image_text(&later.id, "status").await.as_deref(),
         Some("deleted")
     );
     assert_eq!(

@@ -7,6 +7,7 @@ mod common;
 mod concurrency;
 mod daemon;
 mod defects;
+mod metrics;
 mod restore;
 
 #[path = "../common/systemd.rs"]

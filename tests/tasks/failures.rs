@@ -36,6 +36,14 @@ async fn expect_failure(env: &Env, id: &str, needle: &str) {
         .await
         .unwrap();
     assert_eq!(bad, 0);
+    // The revert drops the import lock row outright with the image: no
+    // soft-deleted os_glance_import_task row, as in Glance.
+    let locks = env
+        .db
+        .count("SELECT COUNT(*) FROM image_properties WHERE name = 'os_glance_import_task'")
+        .await
+        .unwrap();
+    assert_eq!(locks, 0, "lock row left after a failed import ({needle})");
     assert_eq!(
         Env::files(&env.images),
         Vec::<String>::new(),
@@ -77,8 +85,13 @@ async fn download_failures_and_limits() {
     expect_failure(&env, &id, "exceeds image_size_cap").await;
 
     // User storage quota, mid-stream: 2 MiB used of 4 MiB, a 3 MiB image.
+    // The quota counts the task owner's images, as Glance counts the
+    // request project's; a legacy import only owns its image when
+    // image_properties names the owner.
     env.write_config("[DEFAULT]\nuser_storage_quota = 4194304\n");
-    let ok = env.enqueue(&server.url("data/q"), raw());
+    let mut owned = raw();
+    owned["owner"] = json!("proj1");
+    let ok = env.enqueue(&server.url("data/q"), owned);
     env.once();
     assert_eq!(env.task(&ok).await.status, "success");
     let id = env.enqueue(&server.url("nolen/big"), raw());

@@ -7,6 +7,7 @@ mod harness;
 mod concurrency;
 mod failures;
 mod import_ok;
+mod metrics;
 mod recovery;
 
 #[path = "../common/systemd.rs"]

@@ -43,6 +43,14 @@ async fn check_clean_end(env: &Env, id: &str, data: &[u8]) {
     );
     let img = env.catalog().get_image(&image_id).await.unwrap().unwrap();
     assert_eq!(img.checksum.as_deref(), Some(md5_hex(data).as_str()));
+    // Neither the abandoned attempt's image nor the final one keeps a lock row.
+    assert_eq!(
+        env.db
+            .count("SELECT COUNT(*) FROM image_properties WHERE name = 'os_glance_import_task'")
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         Env::files(&env.images),
         vec![image_id.clone()],
@@ -146,7 +154,9 @@ async fn attempts_are_bounded() {
     else {
         return;
     };
-    let id = env.enqueue(&server.url("slow/30/m"), json!({"disk_format": "raw"}));
+    // Slow enough for several heartbeats (1 s) to report progress before
+    // the kill, also on a loaded machine.
+    let id = env.enqueue(&server.url("slow/80/m"), json!({"disk_format": "raw"}));
     let mut child = env.spawn(&["run"]);
     wait_copying(&env, &id).await;
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();

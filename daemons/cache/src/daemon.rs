@@ -1,20 +1,22 @@
 //! The `run` mode: prune, clean and prefetch on their own schedules, plus a prune as soon as
 //! filesystem notifications show the cache grew past its limit between ticks. Passes never
 //! overlap (one pass at a time per process; Glance's lock files serialise with other
-//! processes), each logs one summary line and reports it to systemd as `STATUS=`.
+//! processes), each logs one summary line, reports it to systemd as `STATUS=` and records
+//! it in the `imaged_cache_*` metrics.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imaged_catalog::Catalog;
 use imaged_runtime::ExitCode;
 use imaged_runtime::control::ShutdownToken;
+use imaged_runtime::metrics::{CacheMetrics, Metrics, PassOutcome};
 use imaged_runtime::schedule::{FirstRun, Schedule, ScheduleHandle, Scheduler};
 use imaged_runtime::systemd::Notifier;
 use imaged_store::Store;
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::index::Index;
 use crate::layout::{self, INCOMPLETE, INVALID};
@@ -32,7 +34,12 @@ pub struct CacheDaemon {
     catalog: Option<Catalog>,
     store: Option<Store>,
     notifier: Notifier,
+    metrics: Metrics,
+    cache_metrics: CacheMetrics,
     pass: Mutex<()>,
+    /// Woken when a reload changes a limit, so that a smaller limit applies now rather than
+    /// at the next scheduled prune.
+    limits_changed: Notify,
 }
 
 /// The three schedules.
@@ -68,6 +75,17 @@ pub enum Pass {
     Prefetch,
 }
 
+impl Pass {
+    /// The `pass` label of the pass metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Prune => "prune",
+            Pass::Clean => "clean",
+            Pass::Prefetch => "prefetch",
+        }
+    }
+}
+
 impl CacheDaemon {
     /// A daemon over `opts`; `catalog` is needed by centralized_db and prefetch and used by
     /// clean to drop markers of inactive images; `store` is needed by prefetch.
@@ -76,13 +94,18 @@ impl CacheDaemon {
         catalog: Option<Catalog>,
         store: Option<Store>,
         notifier: Notifier,
+        metrics: Metrics,
     ) -> Arc<Self> {
+        let cache_metrics = metrics.cache();
         Arc::new(CacheDaemon {
             opts: RwLock::new(opts),
             catalog,
             store,
             notifier,
+            metrics,
+            cache_metrics,
             pass: Mutex::new(()),
+            limits_changed: Notify::new(),
         })
     }
 
@@ -96,35 +119,89 @@ impl CacheDaemon {
 
     /// Applies reloaded options (limits, stall time, grace) to the next passes.
     pub fn set_options(&self, new: CacheOptions) {
-        match self.opts.write() {
-            Ok(mut o) => *o = new,
-            Err(p) => *p.into_inner() = new,
+        let limits = |o: &CacheOptions| (o.max_size, o.low_water_mark, o.min_free_disk);
+        let mut o = self.opts.write().unwrap_or_else(|p| p.into_inner());
+        let changed = limits(&o) != limits(&new);
+        *o = new;
+        drop(o);
+        if changed {
+            self.limits_changed.notify_one();
         }
     }
 
     /// Runs one pass now, waiting for any running one; logs and reports its summary.
     pub async fn run_pass(&self, pass: Pass) -> Result<String, CacheError> {
         let _one = self.pass.lock().await;
+        let started = Instant::now();
+        let result = self.pass_unlocked(pass).await;
+        let (outcome, error) = match &result {
+            Ok((_, true)) => (PassOutcome::Success, None),
+            Ok((_, false)) => (PassOutcome::Partial, None),
+            Err(e) => (PassOutcome::Error, Some(e.to_string())),
+        };
+        self.metrics
+            .record_pass(pass.name(), outcome, started.elapsed(), error);
+        self.refresh_size();
+        let (line, _) = result?;
+        tracing::info!("{line}");
+        let _ = self.notifier.status(&line);
+        Ok(line)
+    }
+
+    /// One pass: its summary line and whether it did all it had to.
+    async fn pass_unlocked(&self, pass: Pass) -> Result<(String, bool), CacheError> {
         let opts = self.options();
         let index = Index::open(&opts, self.catalog.as_ref()).await?;
         if let Index::Unavailable(why) = &index {
             tracing::error!("cache metadata unavailable, filesystem-only pass: {why}");
         }
-        let line = match pass {
-            Pass::Prune => ops::prune_summary(&ops::prune(&opts, &index).await?),
+        let m = &self.cache_metrics;
+        Ok(match pass {
+            Pass::Prune => {
+                let r = ops::prune(&opts, &index).await?;
+                m.evicted(r.evicted, r.evicted_bytes);
+                let done = r.over_by == 0 && r.below_floor_by == 0;
+                (ops::prune_summary(&r), done && index.is_available())
+            }
             Pass::Clean => {
-                ops::clean_summary(&ops::clean(&opts, &index, self.catalog.as_ref()).await?)
+                let r = ops::clean(&opts, &index, self.catalog.as_ref()).await?;
+                // `bytes_removed` is the invalid/ and incomplete/ bytes together; the freed
+                // counter is not split by kind.
+                m.cleaned("invalid", r.invalid_removed, r.bytes_removed);
+                m.cleaned("stalled", r.stalled_removed, 0);
+                m.cleaned("abandoned", r.abandoned_removed, 0);
+                m.cleaned("orphan", r.orphans_removed, r.orphan_bytes);
+                m.cleaned("inactive", r.inactive_evicted, r.inactive_bytes);
+                let done = r.failures == 0 && !r.catalog_unreachable;
+                (ops::clean_summary(&r), done && index.is_available())
             }
             Pass::Prefetch => match (&self.catalog, &self.store) {
                 (Some(c), Some(s)) => {
-                    prefetch::prefetch_summary(&prefetch::prefetch(&opts, &index, c, s).await?)
+                    let r = prefetch::prefetch(&opts, &index, c, s).await?;
+                    m.prefetched("cached", r.prefetched);
+                    m.prefetched("failed", r.failed);
+                    (prefetch::prefetch_summary(&r), r.failed == 0)
                 }
-                _ => "prefetch: skipped (needs [database] connection and a store)".to_owned(),
+                _ => (
+                    "prefetch: skipped (needs [database] connection and a store)".to_owned(),
+                    true,
+                ),
             },
-        };
-        tracing::info!("{line}");
-        let _ = self.notifier.status(&line);
-        Ok(line)
+        })
+    }
+
+    /// Sets the size gauges from a scan of the base directory (a directory listing, no
+    /// database); a scan error leaves the previous values.
+    pub fn refresh_size(&self) {
+        let opts = self.options();
+        match layout::scan_base(&opts.layout) {
+            Ok(scan) => self.cache_metrics.set_size(
+                scan.image_bytes(),
+                scan.images.len() as u64,
+                opts.max_size,
+            ),
+            Err(e) => tracing::debug!(error = %e, "cache size not measured for metrics"),
+        }
     }
 
     async fn scheduled(&self, pass: Pass) {
@@ -145,6 +222,14 @@ impl CacheDaemon {
             })
             .sum::<Result<u64, CacheError>>()?;
         Ok((scan.image_bytes() + side, opts.max_size))
+    }
+
+    /// Whether the cache filesystem has less free space than `min_free_disk`.
+    fn below_floor(&self) -> bool {
+        let opts = self.options();
+        opts.min_free_disk.is_some_and(|floor| {
+            layout::disk_space(&opts.layout.dir).is_some_and(|(free, _)| free < floor)
+        })
     }
 
     /// Runs until `shutdown`: the three schedules and the filesystem watch. Returns the
@@ -202,9 +287,12 @@ impl CacheDaemon {
         ExitCode::Success
     }
 
-    /// Prunes promptly when notifications show the cache grew past the limit.
+    /// Prunes promptly when notifications show the cache grew past the limit, or when a
+    /// reload lowered the limit.
     async fn watch(self: Arc<Self>, dir: PathBuf, shutdown: ShutdownToken) {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        // Kept so that the channel stays open without a watcher: reloads still wake the loop.
+        let _keep = tx.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev
                 && (ev.kind.is_create() || ev.kind.is_modify())
@@ -212,25 +300,27 @@ impl CacheDaemon {
                 let _ = tx.send(());
             }
         });
-        let mut watcher = match watcher {
-            Ok(w) => w,
+        let _watcher = match watcher {
+            Ok(mut w) => {
+                for d in [dir.clone(), dir.join(INCOMPLETE), dir.join(INVALID)] {
+                    if let Err(e) = w.watch(&d, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %d.display(), error = %e, "cannot watch; growth is pruned on schedule only");
+                    }
+                }
+                Some(w)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "filesystem notifications unavailable; pruning on schedule only");
-                return;
+                tracing::warn!(error = %e, "filesystem notifications unavailable; growth is pruned on schedule only");
+                None
             }
         };
-        for d in [dir.clone(), dir.join(INCOMPLETE), dir.join(INVALID)] {
-            if let Err(e) = watcher.watch(&d, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %d.display(), error = %e, "cannot watch; pruning on schedule only");
-                return;
-            }
-        }
         let mut last: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
+            let reloaded = tokio::select! {
                 () = shutdown.cancelled() => return,
-                got = rx.recv() => if got.is_none() { return },
-            }
+                got = rx.recv() => if got.is_none() { return } else { false },
+                () = self.limits_changed.notified() => true,
+            };
             tokio::time::sleep(WATCH_DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
             if let Some(at) = last
@@ -242,9 +332,21 @@ impl CacheDaemon {
             if shutdown.is_cancelled() {
                 return;
             }
+            // The free-disk floor is checked after a reload only: growth events while the
+            // floor cannot be met would otherwise prune every few seconds for nothing.
+            if reloaded && self.below_floor() {
+                tracing::info!("free disk below the reloaded min_free_disk; pruning now");
+                last = Some(tokio::time::Instant::now());
+                self.scheduled(Pass::Prune).await;
+                continue;
+            }
             match self.measured_size() {
                 Ok((size, max)) if size > max => {
-                    tracing::info!(size, max, "cache grew past its limit; pruning now");
+                    if reloaded {
+                        tracing::info!(size, max, "cache is past its reloaded limit; pruning now");
+                    } else {
+                        tracing::info!(size, max, "cache grew past its limit; pruning now");
+                    }
                     last = Some(tokio::time::Instant::now());
                     self.scheduled(Pass::Prune).await;
                 }
@@ -284,7 +386,13 @@ mod tests {
         let sock_path = d.path().join("notify.sock");
         let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let daemon = CacheDaemon::new(opts.clone(), None, None, Notifier::with_socket(&sock_path));
+        let daemon = CacheDaemon::new(
+            opts.clone(),
+            None,
+            None,
+            Notifier::with_socket(&sock_path),
+            Metrics::new("imaged-cache"),
+        );
         let shutdown = ShutdownToken::new();
         let every = Schedule::every(Duration::from_millis(300));
         let task = tokio::spawn(daemon.clone().run(

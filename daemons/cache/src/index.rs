@@ -50,7 +50,7 @@ impl Index {
     /// when the file is corrupt, the result is [`Index::Unavailable`].
     pub async fn open(opts: &CacheOptions, catalog: Option<&Catalog>) -> Result<Index, CacheError> {
         match opts.driver {
-            Driver::Sqlite => Ok(Self::open_sqlite(opts)),
+            Driver::Sqlite => Ok(Self::open_sqlite(opts).await),
             Driver::CentralizedDb => {
                 let catalog = catalog.ok_or_else(|| {
                     CacheError::Config("centralized_db needs [database] connection".into())
@@ -67,7 +67,7 @@ impl Index {
         }
     }
 
-    fn open_sqlite(opts: &CacheOptions) -> Index {
+    async fn open_sqlite(opts: &CacheOptions) -> Index {
         let path = &opts.layout.db_path;
         // /proc/self belongs to the effective uid; no unsafe libc call is needed to learn it.
         let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
@@ -76,7 +76,9 @@ impl Index {
         let opened = if path.exists() || !owner_matches {
             SqliteIndex::open(path, false)
         } else {
-            match LockFile::acquire(&opts.layout.lock_dir, lock::DB_INIT, Duration::from_secs(5)) {
+            match LockFile::acquire(&opts.layout.lock_dir, lock::DB_INIT, Duration::from_secs(5))
+                .await
+            {
                 Ok(Some(_guard)) => SqliteIndex::open(path, true),
                 Ok(None) => Err(CacheError::Locked(opts.layout.lock_dir.join(lock::DB_INIT))),
                 Err(e) => Err(e),

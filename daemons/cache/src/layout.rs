@@ -319,6 +319,19 @@ impl OpenFiles {
     }
 }
 
+/// Whether a file in `incomplete/` is an abandoned download (defect 14.2-5): no process has it
+/// open and it has not been written for `idle`. A live writer (Glance's API or our prefetch)
+/// holds its partial open from creation to rename, so such a file can never be completed;
+/// Glance left it blocking the image's caching and queueing until the stall time passed.
+pub fn abandoned(path: &Path, open: &OpenFiles, idle: std::time::Duration, now: f64) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && now - meta_time(meta.mtime(), meta.mtime_nsec()) >= idle.as_secs_f64()
+        && !open.contains(path)
+}
+
 /// Free and total bytes of the filesystem holding `dir`.
 pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
     let s = nix::sys::statvfs::statvfs(dir).ok()?;

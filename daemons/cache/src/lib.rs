@@ -9,7 +9,9 @@
 //! * [`ops`]: prune, clean, list, stats, queue and evict, each one pass.
 //! * [`prefetch`]: caching queued images from their store, as Glance's write path does.
 //! * [`daemon`]: the `run` mode (schedules, filesystem-triggered prune, reloads, systemd).
+//! * [`cli`]: the command line (verbs, exit codes, the daemon's signal and reload wiring).
 
+pub mod cli;
 pub mod daemon;
 pub mod index;
 pub mod layout;

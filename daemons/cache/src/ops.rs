@@ -46,6 +46,15 @@ pub struct PruneReport {
     pub grace_bytes: u64,
     /// How far above `max_size` the cache still is (0 when within it).
     pub over_by: u64,
+    /// Images larger than `max_size` (they can never stay cached), evicted before any other
+    /// so that one of them does not push the whole cache out (defect 14.2-8).
+    pub oversized: Vec<String>,
+    /// `min_free_disk`, when set.
+    pub min_free_disk: Option<u64>,
+    /// Free bytes on the cache filesystem after the pass (when it could be measured).
+    pub disk_free_after: Option<u64>,
+    /// How far below `min_free_disk` the free space still is (0 when at or above it).
+    pub below_floor_by: u64,
     /// Why metadata could not be used, if so (filesystem-only pass).
     pub index_unavailable: Option<String>,
     /// Wall time in milliseconds.
@@ -73,6 +82,17 @@ pub struct CleanReport {
     pub sizes_fixed: u64,
     /// Queue markers removed (image cached, gone or not active).
     pub queue_removed: u64,
+    /// Abandoned downloads removed before the stall time: incomplete/ files no process has
+    /// open and not written for `orphan_grace` (defect 14.2-5).
+    pub abandoned_removed: u64,
+    /// Cached images evicted because the catalog says they are deleted, gone or not active
+    /// (defect 14.2-11).
+    pub inactive_evicted: u64,
+    /// Their bytes.
+    pub inactive_bytes: u64,
+    /// The catalog was configured but could not be asked: no image was evicted or marker
+    /// dropped for its status.
+    pub catalog_unreachable: bool,
     /// Why metadata could not be used, if so.
     pub index_unavailable: Option<String>,
     /// Files that could not be removed.
@@ -81,8 +101,14 @@ pub struct CleanReport {
     pub elapsed_ms: u64,
 }
 
-fn lock_or_refuse(opts: &CacheOptions, name: &str) -> Result<LockFile, CacheError> {
-    LockFile::acquire(&opts.layout.lock_dir, name, opts.lock_wait)?
+/// Takes one of Glance's maintenance locks, waiting up to `lock_wait`; refused when another
+/// process keeps it.
+pub(crate) async fn lock_or_refuse(
+    opts: &CacheOptions,
+    name: &str,
+) -> Result<LockFile, CacheError> {
+    LockFile::acquire(&opts.layout.lock_dir, name, opts.lock_wait)
+        .await?
         .ok_or_else(|| CacheError::Locked(opts.layout.lock_dir.join(name)))
 }
 
@@ -182,7 +208,7 @@ fn past_grace(ctime: u32, opts: &CacheOptions, now: f64) -> bool {
 /// `glance-cache-prune` lock for the pass.
 pub async fn prune(opts: &CacheOptions, index: &Index) -> Result<PruneReport, CacheError> {
     let start = Instant::now();
-    let _lock = lock_or_refuse(opts, lock::PRUNE)?;
+    let _lock = lock_or_refuse(opts, lock::PRUNE).await?;
     let layout = &opts.layout;
     let mut scan = layout::scan_base(layout)?;
     let side = sub_bytes(&layout::scan_sub(layout, INCOMPLETE)?)
@@ -235,10 +261,16 @@ pub async fn prune(opts: &CacheOptions, index: &Index) -> Result<PruneReport, Ca
     } else {
         0
     };
+    report.min_free_disk = opts.min_free_disk;
     if let Some(floor) = opts.min_free_disk
         && let Some((free, _)) = layout::disk_space(&layout.dir)
         && free < floor
     {
+        tracing::info!(
+            free,
+            floor,
+            "cache filesystem below min_free_disk; pruning to make room"
+        );
         to_free = to_free.max(floor - free);
     }
 
@@ -255,7 +287,12 @@ pub async fn prune(opts: &CacheOptions, index: &Index) -> Result<PruneReport, Ca
         scan.images
             .sort_unstable_by(|a, b| a.key.total_cmp(&b.key).then(a.id.cmp(&b.id)));
         let mut batch: Vec<String> = Vec::with_capacity(BATCH);
-        for f in scan.images.iter().filter(|f| f.tracked) {
+        // An image larger than the whole limit can never stay: evicting it first keeps the
+        // rest of the cache instead of pushing everything out behind it (14.2-8).
+        let max = opts.max_size;
+        let oversized = scan.images.iter().filter(|f| f.tracked && f.size > max);
+        let rest = scan.images.iter().filter(|f| f.tracked && f.size <= max);
+        for f in oversized.chain(rest) {
             if freed >= to_free {
                 break;
             }
@@ -264,6 +301,16 @@ pub async fn prune(opts: &CacheOptions, index: &Index) -> Result<PruneReport, Ca
             if open.contains(&path) {
                 report.busy_bytes += f.size;
                 continue;
+            }
+            if f.size > max {
+                tracing::warn!(
+                    image_id = %id,
+                    bytes = f.size,
+                    max_size = max,
+                    "image is larger than image_cache_max_size and cannot stay cached; evicted first \
+                     (it is cached again on its next download: raise image_cache_max_size to keep it)"
+                );
+                report.oversized.push(id.clone());
             }
             // File first, then row, as Glance does: a reader that finds the row but no file
             // treats the image as not cached.
@@ -283,6 +330,12 @@ pub async fn prune(opts: &CacheOptions, index: &Index) -> Result<PruneReport, Ca
     }
     report.size_after = total - freed;
     report.over_by = report.size_after.saturating_sub(opts.max_size);
+    if let Some(floor) = opts.min_free_disk {
+        report.disk_free_after = layout::disk_space(&layout.dir).map(|(free, _)| free);
+        report.below_floor_by = report
+            .disk_free_after
+            .map_or(0, |free| floor.saturating_sub(free));
+    }
     report.elapsed_ms = ms(start);
     Ok(report)
 }
@@ -298,7 +351,7 @@ pub async fn clean(
     catalog: Option<&Catalog>,
 ) -> Result<CleanReport, CacheError> {
     let start = Instant::now();
-    let _lock = lock_or_refuse(opts, lock::CLEAN)?;
+    let _lock = lock_or_refuse(opts, lock::CLEAN).await?;
     let layout = &opts.layout;
     let mut report = CleanReport {
         index_unavailable: match index {
@@ -327,20 +380,29 @@ pub async fn clean(
     }
     let stall = opts.stall_time.as_secs_f64();
     for f in layout::scan_sub(layout, INCOMPLETE)? {
-        if now - f.mtime < stall {
+        let path = layout.sub(INCOMPLETE).join(&f.name);
+        let stalled = now - f.mtime >= stall;
+        if !stalled && !layout::abandoned(&path, &open, opts.orphan_grace, now) {
             continue;
         }
-        let path = layout.sub(INCOMPLETE).join(&f.name);
         if open.contains(&path) {
             report.stalled_in_use += 1;
             tracing::info!(path = %path.display(), "stalled download is still open by a process; kept");
             continue;
         }
         match layout::remove(&path) {
-            Ok(true) => {
+            Ok(true) if stalled => {
                 report.stalled_removed += 1;
                 report.bytes_removed += f.size;
                 tracing::info!(path = %path.display(), "removed stalled cache file");
+            }
+            Ok(true) => {
+                report.abandoned_removed += 1;
+                report.bytes_removed += f.size;
+                tracing::info!(
+                    path = %path.display(),
+                    "removed abandoned download (no process has it open); the image can be cached again"
+                );
             }
             Ok(false) => {}
             Err(e) => {
@@ -351,10 +413,34 @@ pub async fn clean(
     }
 
     let mut scan = layout::scan_base(layout)?;
+    let mut status = CatalogStatus::new(catalog);
+    let mut evicted = vec![false; scan.images.len()];
+    for (i, f) in scan.images.iter().enumerate() {
+        let id = format_id(&f.id);
+        if status.inactive(&id).await != Some(true) {
+            continue;
+        }
+        let path = layout.image(&id);
+        if open.contains(&path) {
+            continue;
+        }
+        if layout::remove(&path)? {
+            report.inactive_evicted += 1;
+            report.inactive_bytes += f.size;
+            tracing::info!(image_id = %id, bytes = f.size, "evicted cached copy of an image that is deleted or not active");
+        }
+        evicted[i] = true;
+        index.delete(&[id]).await?;
+    }
     if index.is_available() {
         let merge = merge_rows(index, &mut scan, opts).await?;
         (report.dangling_rows, report.sizes_fixed) = apply_merge(index, opts, merge).await?;
-        for f in scan.images.iter().filter(|f| !f.tracked) {
+        for (f, _) in scan
+            .images
+            .iter()
+            .zip(&evicted)
+            .filter(|(f, e)| !f.tracked && !**e)
+        {
             if !past_grace(f.ctime, opts, now) {
                 continue;
             }
@@ -379,14 +465,10 @@ pub async fn clean(
         let Some(pid) = parse_id(&q.name) else {
             continue;
         };
-        let cached = scan.find(&pid).is_some_and(|i| scan.images[i].tracked);
-        let inactive = match catalog {
-            Some(c) => match c.get_image(&q.name).await? {
-                Some(img) => img.deleted || img.status != "active",
-                None => true,
-            },
-            None => false,
-        };
+        let cached = scan
+            .find(&pid)
+            .is_some_and(|i| scan.images[i].tracked && !evicted[i]);
+        let inactive = status.inactive(&q.name).await == Some(true);
         if cached || inactive {
             let path = layout.sub(QUEUE).join(&q.name);
             if layout::remove(&path)? {
@@ -395,8 +477,40 @@ pub async fn clean(
             }
         }
     }
+    report.catalog_unreachable = status.unreachable;
     report.elapsed_ms = ms(start);
     Ok(report)
+}
+
+/// Image status lookups for clean. The first failed lookup turns them off for the rest of
+/// the pass: an unreachable catalog must never make an image look deleted.
+struct CatalogStatus<'a> {
+    catalog: Option<&'a Catalog>,
+    unreachable: bool,
+}
+
+impl<'a> CatalogStatus<'a> {
+    fn new(catalog: Option<&'a Catalog>) -> Self {
+        CatalogStatus {
+            catalog,
+            unreachable: false,
+        }
+    }
+
+    /// `Some(true)` when the catalog says the image is gone, deleted or not active; `None`
+    /// when there is no catalog to ask.
+    async fn inactive(&mut self, id: &str) -> Option<bool> {
+        let c = self.catalog.filter(|_| !self.unreachable)?;
+        match c.get_image(id).await {
+            Ok(Some(img)) => Some(img.deleted || img.status != "active"),
+            Ok(None) => Some(true),
+            Err(e) => {
+                tracing::warn!(image_id = id, error = %e, "catalog unreachable; image status checks skipped for this pass");
+                self.unreachable = true;
+                None
+            }
+        }
+    }
 }
 
 /// One cached image in a listing.
@@ -601,6 +715,18 @@ pub async fn queue(
     layout.ensure_dirs()?;
     if let Some(c) = catalog {
         match c.get_image(id).await? {
+            Some(img)
+                if img
+                    .size
+                    .and_then(|s| u64::try_from(s).ok())
+                    .is_some_and(|s| s > opts.max_size) =>
+            {
+                return Err(CacheError::Config(format!(
+                    "image {id} is {} bytes, larger than image_cache_max_size ({}); the next prune would evict it",
+                    img.size.unwrap_or(0),
+                    opts.max_size
+                )));
+            }
             Some(img) if !img.deleted && img.status == "active" => {}
             Some(img) => {
                 return Err(CacheError::Config(format!(
@@ -618,7 +744,16 @@ pub async fn queue(
     if layout.image(id).is_file() {
         return Ok(Queued::AlreadyCached);
     }
-    if layout.sub(INCOMPLETE).join(id).exists() {
+    let part = layout.sub(INCOMPLETE).join(id);
+    // An abandoned partial no longer blocks queueing (14.2-5): prefetch replaces it.
+    if part.exists()
+        && !layout::abandoned(
+            &part,
+            &OpenFiles::scan(&layout.dir),
+            opts.orphan_grace,
+            layout::now(),
+        )
+    {
         return Ok(Queued::BeingCached);
     }
     let marker = layout.sub(QUEUE).join(id);
@@ -658,7 +793,7 @@ pub async fn evict(
     index: &Index,
     id: Option<&str>,
 ) -> Result<Evicted, CacheError> {
-    let _lock = lock_or_refuse(opts, lock::PRUNE)?;
+    let _lock = lock_or_refuse(opts, lock::PRUNE).await?;
     let layout = &opts.layout;
     let mut out = Evicted::default();
     match id {
@@ -705,10 +840,23 @@ pub fn prune_summary(r: &PruneReport) -> String {
         r.target,
         r.elapsed_ms
     );
+    if !r.oversized.is_empty() {
+        s.push_str(&format!(
+            "; {} images larger than the limit evicted first",
+            r.oversized.len()
+        ));
+    }
     if r.over_by > 0 {
         s.push_str(&format!(
             "; STILL {} bytes over the limit (busy {} bytes, in grace {} bytes)",
             r.over_by, r.busy_bytes, r.grace_bytes
+        ));
+    }
+    if r.below_floor_by > 0 {
+        s.push_str(&format!(
+            "; free disk STILL {} bytes below min_free_disk ({} bytes)",
+            r.below_floor_by,
+            r.min_free_disk.unwrap_or(0)
         ));
     }
     s
@@ -717,10 +865,18 @@ pub fn prune_summary(r: &PruneReport) -> String {
 /// A one-line human summary of a clean.
 pub fn clean_summary(r: &CleanReport) -> String {
     format!(
-        "clean: removed {} invalid + {} stalled files ({} bytes), {} untracked files ({} bytes), {} dangling rows, {} queue markers; fixed {} sizes; {} failures in {} ms",
+        "clean: removed {} invalid + {} stalled + {} abandoned files ({} bytes), {} images deleted or not active ({} bytes){}, {} untracked files ({} bytes), {} dangling rows, {} queue markers; fixed {} sizes; {} failures in {} ms",
         r.invalid_removed,
         r.stalled_removed,
+        r.abandoned_removed,
         r.bytes_removed,
+        r.inactive_evicted,
+        r.inactive_bytes,
+        if r.catalog_unreachable {
+            " [catalog unreachable: status checks skipped]"
+        } else {
+            ""
+        },
         r.orphans_removed,
         r.orphan_bytes,
         r.dangling_rows,

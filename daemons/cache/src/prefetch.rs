@@ -5,6 +5,8 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -14,8 +16,8 @@ use md5::{Digest, Md5};
 use serde::Serialize;
 
 use crate::index::Index;
-use crate::layout::{self, INCOMPLETE, INVALID, QUEUE, parse_id};
-use crate::lock::{self, LockFile};
+use crate::layout::{self, INCOMPLETE, INVALID, OpenFiles, QUEUE, parse_id};
+use crate::lock;
 use crate::sqlite_index::NewRow;
 use crate::{CacheError, CacheOptions};
 
@@ -38,21 +40,46 @@ pub struct PrefetchReport {
     pub elapsed_ms: u64,
 }
 
-enum Outcome {
+/// The outcome of writing one image into the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Committed: renamed into place with this many bytes (the caller inserts the row).
     Cached(u64),
+    /// Another writer committed the image first; our copy was discarded and theirs kept.
+    AlreadyCached,
+    /// Nothing committed, for this reason; the partial file is in invalid/ when it was ours.
     Failed(String),
 }
 
-async fn fetch_one(
+/// Identity of an open file, to tell whether a path still names it.
+fn inode(meta: &fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+/// Whether `path` still names the file with identity `ours` (another writer may have
+/// replaced it, e.g. after a clean removed it as stalled).
+fn still_ours(path: &Path, ours: (u64, u64)) -> bool {
+    fs::metadata(path).is_ok_and(|m| inode(&m) == ours)
+}
+
+/// Writes image `id` from `data` the way Glance's write path does, without its races
+/// (defect 14.2-9): `incomplete/<id>` is created with `O_EXCL` (a concurrent writer keeps
+/// its file intact), the MD5 is checked against `checksum`, the partial is discarded rather
+/// than committed when another process opened it meanwhile (its writes would interleave with
+/// ours), and the commit never replaces a copy another writer committed first. A failure moves
+/// the partial to `invalid/` only while the path still names our file, and never touches rows:
+/// Glance's rollback deleted the row of whichever writer had won.
+pub async fn write_image<S>(
     opts: &CacheOptions,
-    store: &Store,
     id: &str,
-    loc: imaged_store::Location,
+    mut data: S,
     checksum: Option<&str>,
-) -> Result<Outcome, CacheError> {
+) -> Result<Written, CacheError>
+where
+    S: futures::Stream<Item = std::io::Result<Vec<u8>>> + Unpin,
+{
     let layout = &opts.layout;
     let part = layout.sub(INCOMPLETE).join(id);
-    // O_EXCL, unlike Glance: a concurrent writer of the same image keeps its file intact.
     let mut file = match fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -60,16 +87,15 @@ async fn fetch_one(
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Ok(Outcome::Failed("a download is already in progress".into()));
+            return Ok(Written::Failed("a download is already in progress".into()));
         }
         Err(e) => return Err(CacheError::io(&part, e)),
     };
+    let ours = inode(&file.metadata().map_err(|e| CacheError::io(&part, e))?);
     let mut md5 = Md5::new();
     let mut size = 0u64;
     let result: Result<(), String> = async {
-        let stream = store.open_read(&loc).await.map_err(|e| e.to_string())?;
-        let mut reader = tokio_util_stream(stream);
-        while let Some(chunk) = reader.next().await {
+        while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| e.to_string())?;
             file.write_all(&chunk).map_err(|e| e.to_string())?;
             md5.update(&chunk);
@@ -84,26 +110,57 @@ async fn fetch_one(
                 ));
             }
         }
+        if !still_ours(&part, ours) {
+            return Err("the partial file was removed or replaced by another writer".into());
+        }
+        if OpenFiles::scan(&layout.dir).contains(&part) {
+            return Err(
+                "another writer opened the partial file; its writes would interleave with ours"
+                    .into(),
+            );
+        }
         Ok(())
     }
     .await;
     drop(file);
-    match result {
+    let msg = match result {
         Ok(()) => {
             let dest = layout.image(id);
-            fs::rename(&part, &dest).map_err(|e| CacheError::io(&dest, e))?;
+            // link + unlink instead of rename: a copy another writer committed meanwhile
+            // stays (and keeps its row) rather than being replaced under its readers.
+            let outcome = match fs::hard_link(&part, &dest) {
+                Ok(()) => Written::Cached(size),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Written::AlreadyCached,
+                Err(e) => return Err(CacheError::io(&dest, e)),
+            };
+            layout::remove(&part)?;
             layout::remove(&layout.sub(QUEUE).join(id))?;
-            Ok(Outcome::Cached(size))
+            return Ok(outcome);
         }
-        Err(msg) => {
-            let bad = layout.sub(INVALID).join(id);
-            if let Err(e) = fs::rename(&part, &bad) {
-                tracing::warn!(error = %e, "cannot move failed download to invalid/");
-                let _ = layout::remove(&part);
-            }
-            Ok(Outcome::Failed(msg))
+        Err(msg) => msg,
+    };
+    if still_ours(&part, ours) {
+        let bad = layout.sub(INVALID).join(id);
+        if let Err(e) = fs::rename(&part, &bad) {
+            tracing::warn!(image_id = id, error = %e, "cannot move failed download to invalid/");
+            let _ = layout::remove(&part);
         }
     }
+    Ok(Written::Failed(msg))
+}
+
+async fn fetch_one(
+    opts: &CacheOptions,
+    store: &Store,
+    id: &str,
+    loc: imaged_store::Location,
+    checksum: Option<&str>,
+) -> Result<Written, CacheError> {
+    let stream = match store.open_read(&loc).await {
+        Ok(s) => s,
+        Err(e) => return Ok(Written::Failed(e.to_string())),
+    };
+    write_image(opts, id, tokio_util_stream(stream), checksum).await
 }
 
 fn tokio_util_stream(
@@ -147,8 +204,7 @@ pub async fn prefetch(
     store: &Store,
 ) -> Result<PrefetchReport, CacheError> {
     let start = Instant::now();
-    let _lock = LockFile::acquire(&opts.layout.lock_dir, lock::PREFETCH, opts.lock_wait)?
-        .ok_or_else(|| CacheError::Locked(opts.layout.lock_dir.join(lock::PREFETCH)))?;
+    let _lock = crate::ops::lock_or_refuse(opts, lock::PREFETCH).await?;
     let layout = &opts.layout;
     layout.ensure_dirs()?;
     let mut queued = layout::scan_sub(layout, QUEUE)?;
@@ -164,9 +220,18 @@ pub async fn prefetch(
             report.already_cached += 1;
             continue;
         }
-        if layout.sub(INCOMPLETE).join(id).exists() {
-            report.in_progress += 1;
-            continue;
+        let part = layout.sub(INCOMPLETE).join(id);
+        if part.exists() {
+            let open = OpenFiles::scan(&layout.dir);
+            if !layout::abandoned(&part, &open, opts.orphan_grace, layout::now()) {
+                report.in_progress += 1;
+                continue;
+            }
+            tracing::info!(
+                image_id = id,
+                "removing an abandoned partial download before fetching"
+            );
+            layout::remove(&part)?;
         }
         let image = match catalog.get_image(id).await? {
             Some(img) if !img.deleted && img.status == "active" => img,
@@ -179,6 +244,18 @@ pub async fn prefetch(
                 continue;
             }
         };
+        if let Some(size) = image.size.and_then(|s| u64::try_from(s).ok())
+            && size > opts.max_size
+        {
+            tracing::warn!(
+                image_id = id,
+                size,
+                max_size = opts.max_size,
+                "queued image is larger than image_cache_max_size; not cached (the next prune would evict it)"
+            );
+            report.not_cacheable += 1;
+            continue;
+        }
         let locations = catalog.image_locations(id).await?;
         let Some((url, store_name)) = locations.iter().find_map(|l| {
             let usable = !l.deleted && l.status == "active";
@@ -205,7 +282,10 @@ pub async fn prefetch(
             loc = loc.with_store(s);
         }
         match fetch_one(opts, store, id, loc, image.checksum.as_deref()).await? {
-            Outcome::Cached(size) => {
+            Written::AlreadyCached => {
+                report.already_cached += 1;
+            }
+            Written::Cached(size) => {
                 let now = layout::now();
                 // The file is in place before the row, as in Glance; a failed insert leaves an
                 // untracked file that the next prune adopts.
@@ -224,7 +304,7 @@ pub async fn prefetch(
                 report.prefetched += 1;
                 report.bytes += size;
             }
-            Outcome::Failed(msg) => {
+            Written::Failed(msg) => {
                 tracing::warn!(image_id = id, error = %msg, "prefetch failed");
                 report.failed += 1;
             }

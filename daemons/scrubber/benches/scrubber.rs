@@ -7,7 +7,10 @@
 //! `IMAGED_BENCH_ENGINES` (default `sqlite`; comma list of sqlite,
 //! postgres, mysql), `IMAGED_BENCH_IMAGES` (100000 for SQLite),
 //! `IMAGED_BENCH_SERVER_IMAGES` (10000 for PostgreSQL/MySQL),
-//! `IMAGED_BENCH_RUNS` (3), `IMAGED_BENCH_DIR` (system temp dir).
+//! `IMAGED_BENCH_RUNS` (3), `IMAGED_BENCH_DIR` (system temp dir),
+//! `IMAGED_BENCH_COMPARE_BIN` (unset; another `imaged-scrubber` build, e.g.
+//! the previous version, timed in the same runs on the same data for a
+//! before/after comparison under the same conditions).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,9 +57,16 @@ struct Sample {
     find_s: f64,
     imaged_s: f64,
     rss_kib: u64,
+    compare_s: Option<f64>,
 }
 
-async fn one_run(engine: Engine, n: u64, base: &Path, bin: &Path) -> Option<Sample> {
+async fn one_run(
+    engine: Engine,
+    n: u64,
+    base: &Path,
+    bin: &Path,
+    compare: Option<&Path>,
+) -> Option<Sample> {
     // Baseline: find -delete on n equal files.
     let fdir = tempfile::tempdir_in(base).unwrap();
     let files = fdir.path().join("f");
@@ -69,8 +79,21 @@ async fn one_run(engine: Engine, n: u64, base: &Path, bin: &Path) -> Option<Samp
         .unwrap();
     let find_s = t.elapsed().as_secs_f64();
     assert!(st.success());
+    let (imaged_s, rss_kib) = scrub_run(engine, n, base, bin).await?;
+    let compare_s = match compare {
+        Some(other) => Some(scrub_run(engine, n, base, other).await?.0),
+        None => None,
+    };
+    Some(Sample {
+        find_s,
+        imaged_s,
+        rss_kib,
+        compare_s,
+    })
+}
 
-    // imaged: the same number of images in the catalog, same files.
+/// One `once` pass of `bin` over n fresh images; wall seconds and peak RSS.
+async fn scrub_run(engine: Engine, n: u64, base: &Path, bin: &Path) -> Option<(f64, u64)> {
     let db = TestDb::new(engine).await?;
     bulk_pending_delete(&db.catalog, n, 1).await.unwrap();
     let idir = tempfile::tempdir_in(base).unwrap();
@@ -108,7 +131,7 @@ async fn one_run(engine: Engine, n: u64, base: &Path, bin: &Path) -> Option<Samp
         .status()
         .unwrap();
     let imaged_s = t.elapsed().as_secs_f64();
-    assert!(st.success(), "imaged-scrubber failed: {st:?}");
+    assert!(st.success(), "{} failed: {st:?}", bin.display());
     let deleted = db
         .count("SELECT COUNT(*) FROM images WHERE status = 'deleted'")
         .await
@@ -124,11 +147,7 @@ async fn one_run(engine: Engine, n: u64, base: &Path, bin: &Path) -> Option<Samp
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0);
-    Some(Sample {
-        find_s,
-        imaged_s,
-        rss_kib,
-    })
+    Some((imaged_s, rss_kib))
 }
 
 #[tokio::main]
@@ -139,6 +158,7 @@ async fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
     let bin = binary();
+    let compare = std::env::var_os("IMAGED_BENCH_COMPARE_BIN").map(PathBuf::from);
     println!(
         "| engine | images | imaged once (median) | find -delete (median) | ratio | peak RSS (max) |"
     );
@@ -156,8 +176,9 @@ async fn main() {
         let mut find = Vec::new();
         let mut imaged = Vec::new();
         let mut rss = 0;
+        let mut other = Vec::new();
         for r in 0..runs {
-            let Some(s) = one_run(engine, n, &base, &bin).await else {
+            let Some(s) = one_run(engine, n, &base, &bin, compare.as_deref()).await else {
                 eprintln!("{name}: server unreachable, skipped");
                 break;
             };
@@ -169,6 +190,14 @@ async fn main() {
                 s.imaged_s / s.find_s,
                 s.rss_kib
             );
+            if let Some(c) = s.compare_s {
+                eprintln!(
+                    "{name} run {}: compared binary {c:.3} s, ratio {:.2}",
+                    r + 1,
+                    c / s.find_s
+                );
+                other.push(c / s.find_s);
+            }
             find.push(s.find_s);
             imaged.push(s.imaged_s);
             rss = rss.max(s.rss_kib);
@@ -183,5 +212,11 @@ async fn main() {
             mi / mf,
             rss as f64 / 1024.0
         );
+        if !other.is_empty() {
+            println!(
+                "| {name} (compared binary) | {n} | | | {:.2} (median ratio) | |",
+                median(&mut other)
+            );
+        }
     }
 }

@@ -1,24 +1,38 @@
 //! Daemon mode: a pass on the configured schedule (never overlapping, no
 //! replay of missed ticks), live reload of the pass options and schedule on
 //! SIGHUP or a configuration-file change, systemd READY/STATUS/WATCHDOG/
-//! STOPPING, and a bounded drain on SIGTERM.
+//! STOPPING, a bounded drain on SIGTERM (all through the runtime's
+//! `DaemonHarness`), and the scrubber's metrics: pass counts recorded after
+//! each pass, queue gauges read from the catalog at each scrape.
 //!
 //! The loop is flat (the runtime's `Scheduler`), so it runs for any number
 //! of wakeups, unlike Glance's recursive one.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use imaged_catalog::Catalog;
 use imaged_config::{Daemon, Loaded};
 use imaged_runtime::ExitCode;
 use imaged_runtime::app::{self, ConfigArgs};
-use imaged_runtime::control::{self, ConfigWatcher, ShutdownToken};
-use imaged_runtime::reload::{Reloader, SuperviseOptions, supervise};
+use imaged_runtime::control::ShutdownToken;
+use imaged_runtime::harness::DaemonHarness;
+use imaged_runtime::metrics::{
+    Metrics, PassOutcome, ScrubCounts, ScrubQueue, ScrubberMetrics, age_since,
+};
+use imaged_runtime::reload::Reloader;
 use imaged_runtime::schedule::{Schedule, ScheduleHandle, Scheduler};
-use imaged_runtime::systemd::{self, Heartbeat, Notifier};
+use imaged_runtime::server::Probes;
+use imaged_runtime::systemd::Notifier;
 use tokio::sync::watch;
 
 use crate::pass::{PassReport, PassSettings, Scrubber};
+
+/// The program name metrics and health report.
+const PROGRAM: &str = "imaged-scrubber";
+
+/// The `pass` label of scrub passes.
+const PASS: &str = "scrub";
 
 /// Counters of a finished daemon loop.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +55,58 @@ pub async fn run_passes(
     notifier: Notifier,
     shutdown: ShutdownToken,
 ) -> LoopReport {
+    let metrics = Metrics::new(PROGRAM);
+    let recorder = Recorder {
+        scrubber: ScrubberMetrics::default(),
+        metrics,
+    };
+    run_recorded_passes(scrubber, scheduler, settings, notifier, shutdown, recorder).await
+}
+
+/// Where the daemon records its passes for `/metrics` and `/healthz`.
+#[derive(Clone)]
+struct Recorder {
+    metrics: Metrics,
+    scrubber: ScrubberMetrics,
+}
+
+impl Recorder {
+    fn record(&self, outcome: &Result<PassReport, crate::PassError>, elapsed: Duration) {
+        match outcome {
+            Ok(r) => {
+                let result = if r.failures() > 0 {
+                    PassOutcome::Partial
+                } else {
+                    PassOutcome::Success
+                };
+                self.scrubber.record_pass(&ScrubCounts {
+                    due: r.due,
+                    scrubbed: r.scrubbed,
+                    not_found: r.not_found,
+                    transient: r.transient,
+                    permanent: r.permanent,
+                    images_deleted: r.images_deleted,
+                    bytes_freed: r.bytes_freed,
+                    conflicts: r.conflicts,
+                });
+                self.metrics.record_pass(PASS, result, elapsed, None);
+            }
+            Err(e) => {
+                self.metrics
+                    .record_pass(PASS, PassOutcome::Error, elapsed, Some(e.to_string()));
+            }
+        }
+    }
+}
+
+async fn run_recorded_passes(
+    scrubber: Scrubber,
+    scheduler: Scheduler,
+    settings: watch::Receiver<PassSettings>,
+    notifier: Notifier,
+    shutdown: ShutdownToken,
+    recorder: Recorder,
+) -> LoopReport {
     let report = Arc::new(Mutex::new(LoopReport::default()));
     let sd = shutdown.clone();
     scheduler
@@ -50,8 +116,11 @@ pub async fn run_passes(
             let notifier = notifier.clone();
             let sd = sd.clone();
             let report = report.clone();
+            let recorder = recorder.clone();
             async move {
+                let started = Instant::now();
                 let outcome = scrubber.pass(&s, &sd).await;
+                recorder.record(&outcome, started.elapsed());
                 let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());
                 rep.passes += 1;
                 match outcome {
@@ -80,56 +149,74 @@ struct Live {
     loaded: Loaded,
 }
 
+/// Reads the scrub queue for the gauges of `/metrics`.
+async fn refresh_queue(catalog: &Catalog, scrub_time: Duration, metrics: &ScrubberMetrics) {
+    let read = async {
+        let s = catalog.scrub_status(scrub_time).await?;
+        let oldest = catalog.oldest_due_deletion(scrub_time).await?;
+        Ok::<_, imaged_catalog::CatalogError>((s, oldest))
+    };
+    match read.await {
+        Ok((s, oldest)) => metrics.set_queue(&ScrubQueue {
+            pending_images: s.pending_images,
+            due_images: s.due_images,
+            pending_locations: s.pending_locations + s.live_image_pending_locations,
+            claimed_images: s.claimed_images,
+            failing_by_class: s.failures_by_class,
+            oldest_due_age: oldest.map(age_since),
+        }),
+        Err(error) => tracing::warn!(%error, "cannot read the scrub queue for /metrics"),
+    }
+}
+
 /// The whole daemon: signals, configuration watch, reloads, watchdog,
-/// scheduler and passes. Returns the process exit code.
+/// metrics/health endpoint, scheduler and passes. Returns the process exit
+/// code.
 pub async fn run_daemon(scrubber: Scrubber, loaded: Loaded, args: ConfigArgs) -> ExitCode {
     let config = &loaded.config;
     let settings0 = PassSettings::from_config(config);
     let schedule0 = app::schedule(&config.scrubber().schedule);
     let drain = config.process().shutdown_timeout;
+    let (settings_tx, settings_rx) = watch::channel(settings0.clone());
 
-    let (tx, mut controls) = match control::signals() {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return ExitCode::Internal;
-        }
+    let metrics = Metrics::new(PROGRAM);
+    let recorder = Recorder {
+        scrubber: metrics.scrubber(),
+        metrics: metrics.clone(),
     };
-    // Files read from --config-dir directories are among `files`.
-    let watched = loaded.files.clone();
-    let _watch = if watched.is_empty() {
-        None
-    } else {
-        match ConfigWatcher::spawn(&watched, tx.clone(), control::DEFAULT_DEBOUNCE) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "configuration files are not watched; SIGHUP still reloads");
-                None
-            }
+    let probes = Probes::catalog(scrubber.catalog().clone()).with_refresh({
+        let catalog = scrubber.catalog().clone();
+        let settings = settings_rx.clone();
+        let gauges = recorder.scrubber.clone();
+        move || {
+            let catalog = catalog.clone();
+            let scrub_time = settings.borrow().scrub_time;
+            let gauges = gauges.clone();
+            async move { refresh_queue(&catalog, scrub_time, &gauges).await }
         }
+    });
+    let harness = match DaemonHarness::start(&loaded, metrics, probes).await {
+        Ok(h) => h,
+        Err(e) => return e.exit_code(),
     };
-    let shutdown = ShutdownToken::new();
-    let notifier = Notifier::from_env();
-    let heartbeat = Heartbeat::new();
-    if let Some(timeout) = systemd::watchdog_timeout() {
-        systemd::spawn_watchdog(
-            notifier.clone(),
-            timeout,
-            heartbeat.clone(),
-            shutdown.clone(),
-        );
-    }
 
     tracing::info!(schedule = ?schedule0, pool_size = settings0.pool_size, scrub_time_s = settings0.scrub_time.as_secs(),
         owner = %scrubber.owner(), "starting scrubber daemon");
     let scheduler = Scheduler::new(schedule0);
     let schedule_handle = scheduler.handle();
-    let (settings_tx, settings_rx) = watch::channel(settings0);
     let work = tokio::spawn({
-        let shutdown = shutdown.clone();
-        let notifier = notifier.clone();
+        let shutdown = harness.shutdown.clone();
+        let notifier = harness.notifier.clone();
         async move {
-            let r = run_passes(scrubber, scheduler, settings_rx, notifier, shutdown).await;
+            let r = run_recorded_passes(
+                scrubber,
+                scheduler,
+                settings_rx,
+                notifier,
+                shutdown,
+                recorder,
+            )
+            .await;
             tracing::info!(
                 passes = r.passes,
                 failed = r.failed_passes,
@@ -140,23 +227,17 @@ pub async fn run_daemon(scrubber: Scrubber, loaded: Loaded, args: ConfigArgs) ->
     });
 
     let live = Live { loaded };
-    let mut reloader = Reloader::new(live, notifier.clone(), move |old: &Live| {
+    let mut reloader = Reloader::new(live, harness.notifier.clone(), move |old: &Live| {
         reload(old, &args, &schedule_handle, &settings_tx)
     });
-    let _ = notifier.ready_with_status("scrubber running; first pass started");
-    let done = supervise(
-        &mut controls,
-        &shutdown,
-        &mut reloader,
-        &heartbeat,
-        work,
-        SuperviseOptions {
-            drain_deadline: drain.max(Duration::from_millis(100)),
-            ..SuperviseOptions::default()
-        },
-    )
-    .await;
-    done.exit
+    harness
+        .supervise(
+            work,
+            &mut reloader,
+            drain.max(Duration::from_millis(100)),
+            "scrubber running; first pass started",
+        )
+        .await
 }
 
 fn reload(

@@ -4,6 +4,7 @@
 //! images), deletes their data through imaged-store, and leaves exactly the
 //! catalog rows Glance's scrubber leaves — without its defects.
 //!
+//! * [`cli`]: the command line and its verbs (the binary only parses and calls it).
 //! * [`pass`]: one pass ([`Scrubber::pass`]), the unit `once` runs and the
 //!   daemon repeats.
 //! * [`daemon`]: the long-running mode (schedule, reload, systemd, drain).
@@ -13,6 +14,7 @@
 //! The start-up functions here turn a loaded configuration into a catalog and a
 //! store and map every failure onto the shared exit-code contract.
 
+pub mod cli;
 pub mod daemon;
 pub mod lock;
 pub mod ops;

@@ -327,21 +327,30 @@ impl Scrubber {
             w.locations.retain(|l| pending.contains(&l.location_id));
         }
 
-        // Backend deletes, `pool_size` at a time across the whole page.
-        let jobs: Vec<(usize, ScrubLocation)> = work
+        // Backend deletes: the unit is split into `pool_size` runs deleted
+        // concurrently, each run one location after another (one store call,
+        // so a run of files costs one blocking-pool round trip); at most
+        // `pool_size` deletes are ever in flight.
+        let mut jobs: Vec<(usize, ScrubLocation)> = work
             .iter()
             .enumerate()
             .flat_map(|(i, w)| w.locations.iter().cloned().map(move |l| (i, l)))
             .collect();
-        let results: Vec<(usize, i64, Deleted)> = futures::stream::iter(jobs)
-            .map(|(i, loc)| async move {
-                let span = tracing::info_span!("image", image_id = %loc.image_id, location_id = loc.location_id);
-                let res = tracing::Instrument::instrument(self.delete_location(&loc), span).await;
-                (i, loc.location_id, res)
-            })
-            .buffer_unordered(settings.pool_size.max(1))
-            .collect()
+        let pool = settings.pool_size.max(1);
+        let per_run = jobs.len().div_ceil(pool).max(1);
+        let mut chunks = Vec::with_capacity(pool);
+        while !jobs.is_empty() {
+            let rest = jobs.split_off(per_run.min(jobs.len()));
+            chunks.push(std::mem::replace(&mut jobs, rest));
+        }
+        let deletes = futures::stream::iter(chunks)
+            .map(|run| async move { self.delete_run(&run).await })
+            .buffer_unordered(pool)
+            .collect::<Vec<Vec<(usize, i64, Deleted)>>>();
+        let runs = self
+            .renewing_leases(&claimed_ids, settings.lease, deletes)
             .await;
+        let results = runs.into_iter().flatten();
 
         let mut gone: Vec<Vec<i64>> = vec![Vec::new(); work.len()];
         let mut failed: Vec<Vec<(i64, ErrorClass, String)>> = vec![Vec::new(); work.len()];
@@ -411,32 +420,70 @@ impl Scrubber {
         Ok(())
     }
 
-    async fn delete_location(&self, loc: &ScrubLocation) -> Deleted {
-        let url = match &loc.url {
-            Ok(u) => u.clone(),
-            Err(reason) => {
-                return Deleted::Failed {
-                    class: ErrorClass::Permanent,
-                    reason: format!("location URL cannot be decrypted: {reason}"),
+    /// Runs `work` (a unit's deletes) while renewing the unit's claims
+    /// every third of the lease, so that a unit slowed down by its backend
+    /// never outlives its claims: a restore or another scrubber can take an
+    /// image over only once this process stopped renewing it.
+    async fn renewing_leases<T>(
+        &self,
+        image_ids: &[String],
+        lease: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = (lease / 3).max(Duration::from_secs(1));
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(every) => {
+                    if let Err(e) = self
+                        .catalog
+                        .renew_claims(ClaimKind::ScrubImage, image_ids, &self.owner, lease)
+                        .await
+                    {
+                        tracing::warn!(error = %e, images = image_ids.len(),
+                            "could not renew the claims of the images being scrubbed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes one run of locations, one after another, and classifies
+    /// each outcome.
+    async fn delete_run(&self, run: &[(usize, ScrubLocation)]) -> Vec<(usize, i64, Deleted)> {
+        let mut targets = Vec::with_capacity(run.len());
+        for (_, loc) in run {
+            if let Ok(url) = &loc.url {
+                let mut target = Location::new(url.clone()).with_image_id(loc.image_id.clone());
+                if let Some(store) = loc.store() {
+                    target = target.with_store(store);
+                }
+                targets.push(target);
+            }
+        }
+        let mut deleted = self.store.delete_many(&targets).await.into_iter();
+        run.iter()
+            .map(|(i, loc)| {
+                let span = tracing::info_span!("image", image_id = %loc.image_id, location_id = loc.location_id);
+                let _entered = span.enter();
+                // Only decrypted locations were handed to the store, in order.
+                let res = match &loc.url {
+                    Err(reason) => Deleted::Failed {
+                        class: ErrorClass::Permanent,
+                        reason: format!("location URL cannot be decrypted: {reason}"),
+                    },
+                    Ok(_) => match deleted.next() {
+                        Some(res) => classify(loc, res),
+                        None => Deleted::Failed {
+                            class: ErrorClass::Transient,
+                            reason: "the store returned no result for this location".into(),
+                        },
+                    },
                 };
-            }
-        };
-        let mut target = Location::new(url).with_image_id(loc.image_id.clone());
-        if let Some(store) = loc.store() {
-            target = target.with_store(store);
-        }
-        match self.store.delete(&target).await {
-            Ok(()) => Deleted::Gone { not_found: false },
-            Err(e) if e.is_not_found() => {
-                tracing::info!(image_id = %loc.image_id, location_id = loc.location_id,
-                    "location data already gone from the store; marking it deleted");
-                Deleted::Gone { not_found: true }
-            }
-            Err(e) => Deleted::Failed {
-                class: e.class(),
-                reason: e.to_string(),
-            },
-        }
+                (*i, loc.location_id, res)
+            })
+            .collect()
     }
 
     async fn record_failures(
@@ -552,6 +599,22 @@ impl Scrubber {
             }
         }
         Ok(())
+    }
+}
+
+/// What a store delete result means for the location's row.
+fn classify(loc: &ScrubLocation, res: Result<(), imaged_store::StoreError>) -> Deleted {
+    match res {
+        Ok(()) => Deleted::Gone { not_found: false },
+        Err(e) if e.is_not_found() => {
+            tracing::info!(image_id = %loc.image_id, location_id = loc.location_id,
+                "location data already gone from the store; marking it deleted");
+            Deleted::Gone { not_found: true }
+        }
+        Err(e) => Deleted::Failed {
+            class: e.class(),
+            reason: e.to_string(),
+        },
     }
 }
 

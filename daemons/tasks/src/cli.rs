@@ -10,12 +10,14 @@ use imaged_catalog::tasks::{NewTask, Task, TaskFilter};
 use imaged_config::{Config, Daemon};
 use imaged_runtime::ExitCode;
 use imaged_runtime::app::{self, ConfigArgs, ConfigCommand};
-use imaged_runtime::control::{self, ConfigWatcher, ShutdownToken};
-use imaged_runtime::reload::{Reloader, SuperviseOptions, supervise};
-use imaged_runtime::systemd::{self, Heartbeat, Notifier};
+use imaged_runtime::control::{self, ShutdownToken};
+use imaged_runtime::harness::DaemonHarness;
+use imaged_runtime::metrics::{Metrics, TasksMetrics, age_since};
+use imaged_runtime::reload::Reloader;
+use imaged_runtime::server::Probes;
 use serde_json::{Value, json};
 
-use crate::executor::Executor;
+use crate::executor::{Executor, HANDLED_TYPES};
 use crate::import::parse_input;
 use crate::settings::Settings;
 
@@ -402,38 +404,31 @@ async fn once(exec: Executor) -> ExitCode {
     }
 }
 
-async fn daemon(exec: Executor, loaded: imaged_config::Loaded, args: ConfigArgs) -> ExitCode {
-    let (tx, mut controls) = match control::signals() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{PROGRAM}: {e}");
-            return ExitCode::Internal;
-        }
-    };
-    let mut watched = loaded.files.clone();
-    watched.sort();
-    let _watch = match ConfigWatcher::spawn(&watched, tx, control::DEFAULT_DEBOUNCE) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "configuration files are not watched; use SIGHUP to reload");
-            None
-        }
-    };
-    let shutdown = ShutdownToken::new();
-    let notifier = Notifier::from_env();
-    let heartbeat = Heartbeat::new();
-    if let Some(timeout) = systemd::watchdog_timeout() {
-        systemd::spawn_watchdog(
-            notifier.clone(),
-            timeout,
-            heartbeat.clone(),
-            shutdown.clone(),
-        );
+/// Reads the task queue for the gauges of `/metrics`.
+async fn refresh_queue(catalog: Catalog, metrics: TasksMetrics) {
+    match catalog.task_queue(HANDLED_TYPES).await {
+        Ok(q) => metrics.set_queue(q.pending, q.oldest_created_at.map(age_since)),
+        Err(error) => tracing::warn!(%error, "cannot read the task queue for /metrics"),
     }
+}
+
+async fn daemon(exec: Executor, loaded: imaged_config::Loaded, args: ConfigArgs) -> ExitCode {
+    let metrics = Metrics::new(PROGRAM);
+    let tasks = metrics.tasks();
+    let catalog = exec.catalog().clone();
+    let probes = Probes::catalog(catalog.clone()).with_refresh({
+        let tasks = tasks.clone();
+        move || refresh_queue(catalog.clone(), tasks.clone())
+    });
+    let exec = exec.with_metrics(metrics.clone(), tasks);
+    let harness = match DaemonHarness::start(&loaded, metrics, probes).await {
+        Ok(h) => h,
+        Err(e) => return e.exit_code(),
+    };
     let drain = exec.settings().get().shutdown_timeout;
     let handle = exec.settings();
     let work = tokio::spawn({
-        let shutdown = shutdown.clone();
+        let shutdown = harness.shutdown.clone();
         async move {
             match exec.run(shutdown).await {
                 Ok(r) => {
@@ -452,36 +447,31 @@ async fn daemon(exec: Executor, loaded: imaged_config::Loaded, args: ConfigArgs)
             }
         }
     });
-    let mut reloader = Reloader::new(loaded.config, notifier.clone(), move |old: &Config| {
-        let new = app::load(Daemon::Tasks, &args)
-            .map_err(|e| e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
-        let plan = imaged_config::diff(old, &new.config);
-        for c in &plan.applied {
-            tracing::info!(change = %c, "option changed");
-        }
-        for c in &plan.needs_restart {
-            tracing::warn!(change = %c, "option changed; takes effect after a restart");
-        }
-        let effective = plan.effective(old, &new.config);
-        let settings = Settings::from_config(&effective).map_err(|e| vec![e.to_string()])?;
-        handle.set(settings).map_err(|e| vec![e.to_string()])?;
-        Ok(effective)
-    });
-    if let Err(e) = notifier.ready_with_status("waiting for tasks") {
-        tracing::debug!(error = %e, "no systemd notification");
-    }
-    let opts = SuperviseOptions {
-        drain_deadline: drain.max(Duration::from_secs(1)),
-        ..SuperviseOptions::default()
-    };
-    let done = supervise(
-        &mut controls,
-        &shutdown,
-        &mut reloader,
-        &heartbeat,
-        work,
-        opts,
-    )
-    .await;
-    done.exit
+    let mut reloader = Reloader::new(
+        loaded.config,
+        harness.notifier.clone(),
+        move |old: &Config| {
+            let new = app::load(Daemon::Tasks, &args)
+                .map_err(|e| e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+            let plan = imaged_config::diff(old, &new.config);
+            for c in &plan.applied {
+                tracing::info!(change = %c, "option changed");
+            }
+            for c in &plan.needs_restart {
+                tracing::warn!(change = %c, "option changed; takes effect after a restart");
+            }
+            let effective = plan.effective(old, &new.config);
+            let settings = Settings::from_config(&effective).map_err(|e| vec![e.to_string()])?;
+            handle.set(settings).map_err(|e| vec![e.to_string()])?;
+            Ok(effective)
+        },
+    );
+    harness
+        .supervise(
+            work,
+            &mut reloader,
+            drain.max(Duration::from_secs(1)),
+            "waiting for tasks",
+        )
+        .await
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use imaged_catalog::claims::{ClaimKind, ClaimOwner};
 use imaged_catalog::tasks::Task;
 use imaged_catalog::{Catalog, CatalogError};
+use imaged_runtime::metrics::{Metrics, PassOutcome, TasksMetrics};
 use imaged_store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,9 @@ pub const HANDLED_TYPES: &[&str] = &["import"];
 
 /// Longest time between expiry sweeps and orphan clean-ups.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The `pass` label of the periodic sweep.
+const SWEEP_PASS: &str = "sweep";
 
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,6 +57,18 @@ enum Outcome {
     Failed,
     HandedBack,
     Lost,
+}
+
+impl Outcome {
+    /// The `outcome` label of the task metrics.
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::HandedBack => "handed_back",
+            Outcome::Lost => "lost",
+        }
+    }
 }
 
 /// The settings in force and a fetcher built from them.
@@ -113,7 +129,13 @@ pub struct Executor {
     store: Store,
     settings: SettingsHandle,
     owner: ClaimOwner,
+    recorder: Option<Recorder>,
+    task_metrics: TasksMetrics,
 }
+
+/// The registry sweeps are recorded in (health's "last pass").
+#[derive(Clone)]
+struct Recorder(Metrics);
 
 impl Executor {
     /// An executor with a fresh claim identity.
@@ -123,7 +145,22 @@ impl Executor {
             store,
             settings: SettingsHandle(Arc::new(RwLock::new(snapshot(settings)?))),
             owner: ClaimOwner::generate(),
+            recorder: None,
+            task_metrics: TasksMetrics::default(),
         })
+    }
+
+    /// Records tasks and sweeps in `metrics` (the daemon's registry), with
+    /// the task metric set `tasks` registered there.
+    pub fn with_metrics(mut self, metrics: Metrics, tasks: TasksMetrics) -> Executor {
+        self.recorder = Some(Recorder(metrics));
+        self.task_metrics = tasks;
+        self
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// The handle a reload uses.
@@ -151,6 +188,22 @@ impl Executor {
     /// and store temporary files left by killed writers. Returns the number
     /// of tasks expired.
     pub async fn sweep(&self) -> Result<u64, TasksError> {
+        let started = Instant::now();
+        let result = self.sweep_inner().await;
+        if let Ok(n) = &result {
+            self.task_metrics.tasks_expired(*n);
+        }
+        if let Some(Recorder(m)) = &self.recorder {
+            let (outcome, error) = match &result {
+                Ok(_) => (PassOutcome::Success, None),
+                Err(e) => (PassOutcome::Error, Some(e.to_string())),
+            };
+            m.record_pass(SWEEP_PASS, outcome, started.elapsed(), error);
+        }
+        result
+    }
+
+    async fn sweep_inner(&self) -> Result<u64, TasksError> {
         let s = self.settings.get();
         let expired = self.catalog.expire_tasks(None).await?;
         if expired > 0 {
@@ -293,6 +346,16 @@ impl Executor {
     }
 
     async fn run_task(&self, task: Task, snap: Snapshot, stop: CancellationToken) -> Outcome {
+        let started = Instant::now();
+        let task_type = task.task_type.clone();
+        self.task_metrics.task_started(&task_type);
+        let outcome = self.run_claimed(task, snap, stop).await;
+        self.task_metrics
+            .task_finished(&task_type, outcome.as_str(), started.elapsed());
+        outcome
+    }
+
+    async fn run_claimed(&self, task: Task, snap: Snapshot, stop: CancellationToken) -> Outcome {
         let s = snap.settings.clone();
         let id = task.id.clone();
         let attempts = match self.catalog.claim_record(ClaimKind::Task, &id).await {
@@ -326,6 +389,7 @@ impl Executor {
             fetcher: snap.fetcher.clone(),
             progress: Arc::new(Mutex::new(String::new())),
             cancel: stop.child_token(),
+            bytes_written: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let lost = CancellationToken::new();
         let beat = tokio::spawn(heartbeat(
@@ -339,6 +403,10 @@ impl Executor {
         ));
         let result = import::run_import(&ctx, &task).await;
         beat.abort();
+        if result.is_ok() {
+            self.task_metrics
+                .bytes_written(ctx.bytes_written.load(std::sync::atomic::Ordering::Relaxed));
+        }
         if lost.is_cancelled() {
             tracing::warn!(task_id = %id, "lost the task (claim taken over or task no longer processing); attempt reverted");
             return Outcome::Lost;

@@ -13,7 +13,9 @@
 //! image (soft-deleted as Glance's revert does) and staging files — and
 //! fails the task with a specific message. The image carries Glance's
 //! `os_glance_import_task` property naming the task while the import runs,
-//! so a later attempt can find and remove what a crashed one left.
+//! so a later attempt can find and remove what a crashed one left; Glance's
+//! legacy import has no such lock, so the row is deleted outright (never
+//! soft-deleted) when the import ends either way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,8 @@ pub struct TaskContext {
     pub progress: Arc<Mutex<String>>,
     /// Cancelled on shutdown hand-back or when the claim is lost.
     pub cancel: CancellationToken,
+    /// Bytes of image data this run stored (for the executor's metrics).
+    pub bytes_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TaskContext {
@@ -106,6 +110,9 @@ pub struct ImportInput {
 pub struct ImageSpec {
     /// `name`.
     pub name: Option<String>,
+    /// `owner`: none unless given (Glance's legacy flow does not default
+    /// it to the task owner).
+    pub owner: Option<String>,
     /// `disk_format` (default qcow2).
     pub disk_format: String,
     /// `container_format` (default bare).
@@ -134,7 +141,6 @@ const READ_ONLY: &[&str] = &[
     "checksum",
     "os_hash_algo",
     "os_hash_value",
-    "owner",
     "location",
     "locations",
     "direct_url",
@@ -210,6 +216,15 @@ pub fn parse_input(
             "disk_format" => spec.disk_format = v.as_str().unwrap_or_default().to_string(),
             "container_format" => {
                 spec.container_format = v.as_str().unwrap_or_default().to_string()
+            }
+            // A base attribute of Glance's image schema: the flow passes it
+            // to the image factory, which writes it as given.
+            "owner" => {
+                spec.owner = match v {
+                    Value::Null => None,
+                    Value::String(s) => Some(s.clone()),
+                    _ => return fail("image property owner must be a string or null"),
+                }
             }
             "min_disk" => spec.min_disk = int_attr(v, k)?,
             "min_ram" => spec.min_ram = int_attr(v, k)?,
@@ -297,6 +312,8 @@ pub fn parse_input(
 #[derive(Debug, Default)]
 struct Undo {
     image_id: Option<String>,
+    /// The task the image's lock property names, dropped with the image.
+    lock_holder: Option<String>,
     written: Option<imaged_store::Location>,
     files: Vec<PathBuf>,
 }
@@ -325,12 +342,30 @@ async fn revert(catalog: &Catalog, store: &Store, undo: &Undo) {
         tracing::warn!(error = %e, location = %loc.redacted_url(), "revert: cannot delete written data");
     }
     if let Some(id) = &undo.image_id
-        && let Err(e) = catalog.destroy_image(id).await
+        && let Err(e) = destroy(catalog, id, undo.lock_holder.as_deref()).await
     {
         tracing::warn!(error = %e, image_id = %id, "revert: cannot delete the image");
     }
     for f in &undo.files {
         let _ = tokio::fs::remove_file(f).await;
+    }
+}
+
+/// Glance's revert of the image: soft-deleted with everything it has; the
+/// import lock row, which Glance's legacy import never writes, is deleted
+/// outright in the same transaction.
+async fn destroy(
+    catalog: &Catalog,
+    image_id: &str,
+    holder: Option<&str>,
+) -> Result<(), CatalogError> {
+    match holder {
+        Some(task_id) => {
+            catalog
+                .destroy_locked_image(image_id, LOCK_PROPERTY, task_id)
+                .await
+        }
+        None => catalog.destroy_image(image_id).await,
     }
 }
 
@@ -359,7 +394,7 @@ pub async fn clean_previous_attempt(
                 }
             }
         }
-        catalog.destroy_image(id).await?;
+        destroy(catalog, id, Some(task_id)).await?;
         tracing::info!(image_id = %id, task_id, "removed the image of an abandoned attempt");
     }
     Ok(images.len())
@@ -388,7 +423,9 @@ async fn import(
     let image_id = cat
         .create_image(&NewImage {
             name: spec.name.clone(),
-            owner: Some(task.owner.clone()),
+            // Glance's legacy flow creates the image without an owner unless
+            // image_properties names one (see README, "Image owner").
+            owner: spec.owner.clone(),
             visibility: spec.visibility.clone(),
             disk_format: Some(spec.disk_format.clone()),
             container_format: Some(spec.container_format.clone()),
@@ -400,6 +437,7 @@ async fn import(
         })
         .await?;
     undo.image_id = Some(image_id.clone());
+    undo.lock_holder = Some(task.id.clone());
     cat.set_property_atomic(&image_id, LOCK_PROPERTY, &task.id)
         .await?;
     for (k, v) in &spec.extra {
@@ -484,6 +522,8 @@ async fn import(
     for f in &undo.files {
         let _ = tokio::fs::remove_file(f).await;
     }
+    ctx.bytes_written
+        .store(outcome.size, std::sync::atomic::Ordering::Relaxed);
     ctx.set_progress(format!("Imported {} MiB", mib(outcome.size)));
     Ok(json!({"image_id": image_id}))
 }
@@ -554,12 +594,6 @@ async fn upload_stream(
             .map_err(|e| ImportFailure::Failed(e.to_string()))?;
     }
     drop(head);
-    let virtual_size =
-        if found.format == inspect::Format::Raw || found.format == inspect::Format::Gpt {
-            None
-        } else {
-            found.virtual_size
-        };
 
     let hasher = Arc::new(MultiHasher::new(s.hashing_algorithm, s.parallel));
     let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
@@ -647,7 +681,7 @@ async fn upload_stream(
     Ok(Uploaded {
         size: written.size,
         digests,
-        virtual_size,
+        virtual_size: inspect::recorded_virtual_size(&found, disk_format, written.size),
     })
 }
 

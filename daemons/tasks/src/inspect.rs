@@ -413,6 +413,26 @@ pub fn inspect(prefix: &[u8], vmdk_allowed_types: &[String]) -> Result<Inspectio
     })
 }
 
+/// The `disk_format`s the inspectors can recognise.
+const INSPECTABLE: &[&str] = &[
+    "raw", "qcow2", "vhd", "vhdx", "vmdk", "vdi", "iso", "luks", "qed",
+];
+
+/// The `images.virtual_size` Glance records for data of `actual` bytes
+/// found to be `found` under `declared`: the header's virtual size when the
+/// detected format is the declared one; the byte size for raw (or
+/// partitioned) data and for anything declared `raw` (Glance then ignores the
+/// richer header, as qemu will be told `-f raw`); nothing for a mismatch let
+/// through by `require_image_format_match = false`.
+pub fn recorded_virtual_size(found: &Inspection, declared: &str, actual: u64) -> Option<u64> {
+    match found.format {
+        Format::Raw | Format::Gpt => Some(actual),
+        _ if declared == "raw" => Some(actual),
+        f if f.name() == declared => found.virtual_size,
+        _ => None,
+    }
+}
+
 /// Glance's verdict on detected vs declared format: ok, or a mismatch.
 /// `gpt` counts as raw; raw data under a format the inspectors cannot
 /// recognise (ami, ari, aki, ploop) is accepted; raw declared over richer
@@ -423,13 +443,10 @@ pub fn check_declared(detected: Format, declared: &str) -> Result<(), InspectErr
     } else {
         detected
     };
-    let inspectable = [
-        "raw", "qcow2", "vhd", "vhdx", "vmdk", "vdi", "iso", "luks", "qed",
-    ];
     if detected.name() == declared {
         return Ok(());
     }
-    if detected == Format::Raw && !inspectable.contains(&declared) {
+    if detected == Format::Raw && !INSPECTABLE.contains(&declared) {
         return Ok(());
     }
     if declared == "raw" {
@@ -669,5 +686,42 @@ mod tests {
             check_declared(Format::Vmdk, "qcow2"),
             Err(InspectError::Mismatch { .. })
         ));
+    }
+
+    #[test]
+    fn recorded_virtual_size_follows_glance() {
+        // (detected, header's virtual size, declared, data size, recorded)
+        let cases = [
+            // Raw and partitioned data: the byte size under any accepted declaration.
+            (Format::Raw, None, "raw", 17, Some(17)),
+            (Format::Gpt, None, "raw", 17, Some(17)),
+            (Format::Raw, None, "ami", 17, Some(17)),
+            (Format::Raw, None, "raw", 0, Some(0)),
+            // A recognised format declared as such: the header's size.
+            (
+                Format::Qcow2,
+                Some(8 << 20),
+                "qcow2",
+                200_000,
+                Some(8 << 20),
+            ),
+            (Format::Vdi, Some(4096), "vdi", 1024, Some(4096)),
+            (Format::Vhdx, None, "vhdx", 1024, None),
+            // Declared raw over a richer header: the header is ignored.
+            (Format::Qcow2, Some(8 << 20), "raw", 200_000, Some(200_000)),
+            // A mismatch let through by require_image_format_match = false.
+            (Format::Vmdk, Some(4096), "qcow2", 1024, None),
+        ];
+        for (format, virtual_size, declared, actual, want) in cases {
+            let found = Inspection {
+                format,
+                virtual_size,
+            };
+            assert_eq!(
+                recorded_virtual_size(&found, declared, actual),
+                want,
+                "{format:?} declared {declared}"
+            );
+        }
     }
 }

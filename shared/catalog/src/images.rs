@@ -470,8 +470,10 @@ impl Catalog {
         self.delete_property_inner(image_id, name, None).await
     }
 
-    /// Glance's `delete_property_atomic`: deletes only while the value is
-    /// still `expected`. Returns `false` when the value differs or is gone.
+    /// Glance's `image_delete_property_atomic` (how its import lock is
+    /// dropped): deletes the row outright, not softly, and only while the
+    /// value is still `expected`. Returns `false` when the value differs or
+    /// the property is gone.
     pub async fn delete_property_atomic(
         &self,
         image_id: &str,
@@ -488,20 +490,22 @@ impl Catalog {
         name: &str,
         expected: Option<&str>,
     ) -> Result<bool> {
-        let extra = if expected.is_some() {
-            " AND value = ?"
-        } else {
-            ""
+        let sql = match expected {
+            Some(_) => {
+                "DELETE FROM image_properties WHERE image_id = ? AND name = ? AND deleted = FALSE AND value = ?"
+            }
+            None => {
+                "UPDATE image_properties SET deleted = TRUE, deleted_at = ?, updated_at = ? WHERE image_id = ? AND name = ? AND deleted = FALSE"
+            }
         };
-        let sql = format!(
-            "UPDATE image_properties SET deleted = TRUE, deleted_at = ?, updated_at = ? WHERE image_id = ? AND name = ? AND deleted = FALSE{extra}"
-        );
         self.with_retry("delete property", || async {
             let now = Ts(utcnow());
-            let sql = self.sql(&sql);
+            let sql = self.sql(sql);
             Ok(on_pool!(&self.pool, p => {
-                let q = sqlx::query(sql).bind(now).bind(now).bind(image_id).bind(name);
-                let q = match expected { Some(v) => q.bind(v), None => q };
+                let q = match expected {
+                    Some(v) => sqlx::query(sql).bind(image_id).bind(name).bind(v),
+                    None => sqlx::query(sql).bind(now).bind(now).bind(image_id).bind(name),
+                };
                 q.execute(p).await?.rows_affected() > 0
             }))
         })

@@ -14,6 +14,24 @@ impl Catalog {
     /// (status `deleted`), properties, tags and members are soft-deleted, in
     /// one transaction. `NotFound` when the image does not exist.
     pub async fn destroy_image(&self, id: &str) -> Result<()> {
+        self.destroy_image_inner(id, None).await
+    }
+
+    /// [`Catalog::destroy_image`] for an image an import holds the lock
+    /// property `lock_name = holder` on: in the same transaction the lock row
+    /// is deleted outright, as Glance drops its import lock
+    /// (`image_delete_property_atomic`), so no soft-deleted lock row stays.
+    pub async fn destroy_locked_image(
+        &self,
+        id: &str,
+        lock_name: &str,
+        holder: &str,
+    ) -> Result<()> {
+        self.destroy_image_inner(id, Some((lock_name, holder)))
+            .await
+    }
+
+    async fn destroy_image_inner(&self, id: &str, lock: Option<(&str, &str)>) -> Result<()> {
         let n = self
             .with_retry("destroy image", || async {
                 let now = Ts(utcnow());
@@ -31,8 +49,14 @@ impl Catalog {
                         ))
                     })
                     .collect();
+                let unlock = self.sql(
+                    "DELETE FROM image_properties WHERE image_id = ? AND name = ? AND value = ? AND deleted = FALSE",
+                );
                 Ok(on_pool!(&self.pool, p => {
                     let mut tx = p.begin_write().await?;
+                    if let Some((name, holder)) = lock {
+                        sqlx::query(unlock).bind(id).bind(name).bind(holder).execute(&mut *tx).await?;
+                    }
                     let n = sqlx::query(img).bind(now).bind(now).bind(id).execute(&mut *tx).await?.rows_affected();
                     sqlx::query(locs).bind(now).bind(now).bind(id).execute(&mut *tx).await?;
                     for q in others {

@@ -8,6 +8,10 @@
 //!   its creation and verification, and imaged's additive `imaged_*` tables.
 //! * [`scrub`] (with its batched writes in [`scrub_batch`]), [`tasks`], [`images`] and [`cache`] are the typed operations
 //!   the daemons call; [`claims`] is the lease protocol they share.
+//! * [`delayed_delete`] writes what Glance's API writes when it deletes an
+//!   image with `delayed_delete = True` (for the quick start and tests).
+//! * [`stats`] holds the cheap reads of the daemons' `/healthz` and
+//!   `/metrics`: a ping and the depth and age of the scrub and task queues.
 //! * [`crypt`] is Glance-compatible location-URL encryption, [`time`] the
 //!   timestamp forms Glance writes.
 //!
@@ -18,6 +22,7 @@ pub mod cache;
 pub mod claims;
 pub mod crypt;
 pub mod db;
+pub mod delayed_delete;
 pub mod error;
 pub mod images;
 pub mod imports;
@@ -26,6 +31,7 @@ pub mod options;
 pub mod schema;
 pub mod scrub;
 pub mod scrub_batch;
+pub mod stats;
 pub mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,6 +1,7 @@
 //! Batched scrubber writes and claim look-ups: committing many scrubbed
 //! images in one short transaction, re-checking locations after a claim,
-//! and reading the claim rows of many images at once.
+//! renewing the leases of many claimed images at once, and reading the
+//! claim rows of many images at once.
 //!
 //! Why batches: on SQLite every commit is a write lock plus an fsync, so a
 //! commit per location (as Glance's scrubber does) costs milliseconds per
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use crate::claims::{ClaimKind, ClaimOwner, ClaimRecord, MAX_IDS_PER_STATEMENT};
+use crate::claims::{ClaimKind, ClaimOwner, ClaimRecord, MAX_IDS_PER_STATEMENT, lease_end};
 use crate::db::{BeginWrite, Catalog, on_pool};
 use crate::error::Result;
 use crate::scrub::FinishOutcome;
@@ -292,6 +293,45 @@ impl Catalog {
             }).collect::<Vec<_>>()
         });
         Ok(out)
+    }
+
+    /// Extends the leases `owner` holds on `unit_ids` by `lease` from now,
+    /// one statement per up to 200 ids (a unit of work that outlives part
+    /// of its lease renews all its images at once). Units `owner` no
+    /// longer holds are left alone.
+    pub async fn renew_claims(
+        &self,
+        kind: ClaimKind,
+        unit_ids: &[String],
+        owner: &ClaimOwner,
+        lease: std::time::Duration,
+    ) -> Result<()> {
+        for chunk in unit_ids.chunks(MAX_IDS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE imaged_claims SET lease_expires_at = ?, updated_at = ? \
+                 WHERE kind = ? AND owner = ? AND unit_id IN ({})",
+                Catalog::marks(chunk.len())
+            );
+            self.with_retry("renew claims", || async {
+                let now = utcnow();
+                let until = lease_end(now, lease);
+                let sql = self.sql(&sql);
+                on_pool!(&self.pool, p => {
+                    let mut q = sqlx::query(sql)
+                        .bind(Ts(until))
+                        .bind(Ts(now))
+                        .bind(kind.as_str())
+                        .bind(owner.as_str());
+                    for id in chunk {
+                        q = q.bind(id.as_str());
+                    }
+                    q.execute(p).await?;
+                });
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// The claim rows of `kind` for the given units (missing rows are

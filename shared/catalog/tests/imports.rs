@@ -1,5 +1,6 @@
-//! The import executor's image operations on every engine: soft destroy,
-//! lookup by property, tags, and per-owner storage usage.
+//! The import executor's image operations on every engine: soft destroy
+//! (with the import lock row deleted outright), dropping the lock, lookup by
+//! property, tags, and per-owner storage usage.
 
 use imaged_catalog::Engine;
 use imaged_catalog::images::{ImageDataUpdate, NewImage};
@@ -67,6 +68,44 @@ async fn body(db: TestDb) {
             .is_empty()
     );
     assert_eq!(cat.owner_storage_usage("p1").await.unwrap(), 50);
+    // Destroying an image an import holds: the lock row is deleted outright
+    // (Glance's legacy import has none), the other properties soft-deleted.
+    cat.set_property(&b, "hw_disk_bus", "scsi").await.unwrap();
+    cat.destroy_locked_image(&b, "os_glance_import_task", "t2")
+        .await
+        .unwrap();
+    let rows = |id: &str, name: &str| {
+        format!("SELECT COUNT(*) FROM image_properties WHERE image_id = '{id}' AND name = '{name}'")
+    };
+    assert_eq!(
+        db.count(&rows(&b, "os_glance_import_task")).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        db.count(&format!("{} AND deleted = TRUE", rows(&b, "hw_disk_bus")))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(cat.get_image(&b).await.unwrap().unwrap().deleted);
+    // Dropping a lock is a conditional DELETE: another holder's row stays.
+    cat.set_property_atomic(&c, "os_glance_import_task", "t3")
+        .await
+        .unwrap();
+    assert!(
+        !cat.delete_property_atomic(&c, "os_glance_import_task", "t-other")
+            .await
+            .unwrap()
+    );
+    assert!(
+        cat.delete_property_atomic(&c, "os_glance_import_task", "t3")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        db.count(&rows(&c, "os_glance_import_task")).await.unwrap(),
+        0
+    );
     // Destroying twice is harmless; a missing image is NotFound.
     cat.destroy_image(&a).await.unwrap();
     assert!(matches!(

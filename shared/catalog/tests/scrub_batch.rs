@@ -167,3 +167,83 @@ async fn commit_and_lookups_postgres() {
 async fn commit_and_lookups_mysql() {
     commit_and_lookups(Engine::MySql).await;
 }
+
+/// `renew_claims` extends the leases the owner holds and leaves other
+/// owners' claims alone.
+async fn renew_many(engine: Engine) {
+    let Some(db) = TestDb::new(engine).await else {
+        return;
+    };
+    let cat = &db.catalog;
+    let t = utcnow() - chrono::Duration::hours(1);
+    let mine = PendingDeleteImage::new(t, 1);
+    let theirs = PendingDeleteImage::new(t, 1);
+    for img in [&mine, &theirs] {
+        img.insert(cat).await.unwrap();
+    }
+    let a = ClaimOwner::from_string("test:1:a");
+    let b = ClaimOwner::from_string("test:2:b");
+    let short = Duration::from_secs(60);
+    assert_eq!(
+        cat.claim(
+            ClaimKind::ScrubImage,
+            std::slice::from_ref(&mine.id),
+            &a,
+            short
+        )
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+    assert_eq!(
+        cat.claim(
+            ClaimKind::ScrubImage,
+            std::slice::from_ref(&theirs.id),
+            &b,
+            short
+        )
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+    let ids = vec![mine.id.clone(), theirs.id.clone()];
+    cat.renew_claims(ClaimKind::ScrubImage, &ids, &a, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let recs = cat
+        .claim_records_of(ClaimKind::ScrubImage, &ids)
+        .await
+        .unwrap();
+    let lease_of = |id: &str| {
+        let r = recs.iter().find(|r| r.unit_id == id).unwrap();
+        r.lease_expires_at.unwrap()
+    };
+    let now = utcnow();
+    assert!(lease_of(&mine.id) > now + chrono::Duration::minutes(30));
+    assert!(lease_of(&theirs.id) <= now + chrono::Duration::minutes(2));
+    assert_eq!(
+        recs.iter()
+            .find(|r| r.unit_id == theirs.id)
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("test:2:b")
+    );
+}
+
+#[tokio::test]
+async fn renew_many_sqlite() {
+    renew_many(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn renew_many_postgres() {
+    renew_many(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn renew_many_mysql() {
+    renew_many(Engine::MySql).await;
+}

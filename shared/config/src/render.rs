@@ -200,24 +200,60 @@ pub fn render_sample() -> String {
     out
 }
 
-/// A Markdown table of every option: section, option, type, default, users and reload.
+/// The first sentence of a help text, for a table cell.
+fn first_sentence(help: &str) -> &str {
+    let mut from = 0;
+    while let Some(i) = help[from..].find(". ") {
+        let end = from + i + 1;
+        // "e.g. x" and "i.e. x" do not end a sentence.
+        if !(help[..end].ends_with("e.g.") || help[..end].ends_with("i.e.")) {
+            return &help[..end];
+        }
+        from = end;
+    }
+    help
+}
+
+/// Text made safe for a Markdown table cell: no column breaks, no HTML tags.
+fn md_cell(text: &str) -> String {
+    text.replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A Markdown table of every option: section, option, type (with its unit), default, which
+/// daemons use it and for what (the first sentence of its help and any note), and whether a
+/// reload applies a change.
 pub fn render_option_table_markdown() -> String {
     let mut out = String::from(
         "| section | option | type | default | used by | on reload |\n\
          |---|---|---|---|---|---|\n",
     );
-    let cell = |t: &str| t.replace('|', "\\|");
     for def in options::all() {
         let default = match def.default {
             None => "*unset*".to_owned(),
             Some("") => "*empty*".to_owned(),
-            Some(d) => format!("`{}`", cell(d)),
+            Some(d) => format!("`{}`", d.replace('|', "\\|")),
         };
-        let used = if def.used_by.is_empty() {
+        let kind = match def.unit {
+            Some(u) => format!("{} ({u})", def.kind.type_name()),
+            None => def.kind.type_name().to_owned(),
+        };
+        let mut used = if def.used_by.is_empty() {
             "accepted, not used by imaged".to_owned()
         } else {
-            def.used_by.describe()
+            format!(
+                "**{}**: {}",
+                def.used_by.describe(),
+                md_cell(first_sentence(def.help))
+            )
         };
+        if let Some(n) = def.note {
+            let _ = write!(used, " *{}*", md_cell(n));
+        }
+        if def.deprecated.is_some() {
+            used.push_str(" (deprecated)");
+        }
         let reload = if def.used_by.is_empty() {
             "—"
         } else if def.live {
@@ -227,11 +263,30 @@ pub fn render_option_table_markdown() -> String {
         };
         let _ = writeln!(
             out,
-            "| `{}` | `{}` | {} | {default} | {used} | {reload} |",
-            def.section,
-            def.name,
-            def.kind.type_name()
+            "| `{}` | `{}` | {kind} | {default} | {used} | {reload} |",
+            def.section, def.name,
         );
     }
+    out
+}
+
+/// `docs/options.md`: a short guide to reading the option table, then the table.
+pub fn render_options_page() -> String {
+    let mut out = String::from(
+        "# Configuration options\n\
+         \n\
+         <!-- Generated from the option definitions by `cargo xtask options`; do not edit by hand. -->\n\
+         \n\
+         Every option of the Glance configuration reference, the Glance and glance_store options\n\
+         imaged reads that the reference lacks, and imaged's own options (sections starting with\n\
+         `imaged`). **used by** names the daemons that read the option and what it controls;\n\
+         \"accepted, not used by imaged\" options load without error (so Glance's files work\n\
+         unchanged) and change nothing. **on reload** says whether a reload (SIGHUP or a changed\n\
+         file) applies a new value (\"applied\") or the daemon keeps the old one until it restarts\n\
+         (\"restart\"). Full help texts, bounds and environment variable names are in\n\
+         [`etc/imaged.conf.sample`](../etc/imaged.conf.sample).\n\
+         \n",
+    );
+    out.push_str(&render_option_table_markdown());
     out
 }

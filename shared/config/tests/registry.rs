@@ -184,13 +184,45 @@ fn sample_lists_every_option_and_its_defaults_load_back() {
 fn markdown_table_has_a_row_per_option() {
     let table = render_option_table_markdown();
     assert_eq!(table.lines().count(), options::all().count() + 2);
-    assert!(table.contains("| `DEFAULT` | `scrub_time` | integer | `0` | scrubber | applied |"));
+    // Every row has the six cells, whatever its help text holds.
+    for line in table.lines() {
+        let cells = line.replace("\\|", "").matches('|').count();
+        assert_eq!(cells, 7, "{line}");
+    }
+    assert!(table.contains(
+        "| `DEFAULT` | `scrub_time` | integer (seconds) | `0` | **scrubber**: \
+         The amount of time in seconds to delay before performing a delete. | applied |"
+    ));
     assert!(table.contains(
         "| `DEFAULT` | `bind_host` | string | `0.0.0.0` | accepted, not used by imaged | — |"
     ));
+    // A note says why an option that sounds relevant is not used.
     assert!(table.contains(
-        "| `database` | `connection` | string | *unset* | scrubber, cache, tasks | restart |"
+        "| `DEFAULT` | `delayed_delete` | boolean | `False` | accepted, not used by imaged \
+         *Only glance-api acts on it; the scrubber ignores it.* | — |"
     ));
+    assert!(table.contains(
+        "| `database` | `connection` | string | *unset* | **scrubber, cache, tasks**: \
+         The SQLAlchemy connection string to use to connect to the database. | restart |"
+    ));
+    // "e.g." does not cut a help text short.
+    let backends = table
+        .lines()
+        .find(|l| l.starts_with("| `DEFAULT` | `enabled_backends` |"))
+        .unwrap();
+    assert!(!backends.contains("(e.g. |"), "{backends}");
+    // Angle brackets in help text stay visible instead of becoming HTML tags.
+    assert!(!table.contains("<version>"));
+}
+
+#[test]
+fn committed_options_page_is_current() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/options.md");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == imaged_config::render::render_options_page(),
+        "docs/options.md is stale; regenerate it with `cargo xtask options`"
+    );
 }
 
 #[test]

@@ -1,5 +1,10 @@
 //! Runtime pieces every imaged daemon shares: exit codes, signals and
-//! reloads, systemd notification, scheduling, background workers and logging.
+//! reloads, systemd notification, scheduling, background workers, logging,
+//! and the metrics/health endpoint.
+//!
+//! [`harness::DaemonHarness`] assembles the long-running mode from these
+//! pieces (what the example below spells out by hand), and serves
+//! [`metrics`] through [`server`] when `[imaged] metrics_bind` is set.
 //!
 //! Apart from [`app`], which maps the loaded configuration onto the options of
 //! logging, the catalog and the stores and holds the command-line pieces all
@@ -59,9 +64,12 @@
 pub mod app;
 pub mod control;
 pub mod exit;
+pub mod harness;
 pub mod logging;
+pub mod metrics;
 pub mod reload;
 pub mod schedule;
+pub mod server;
 pub mod systemd;
 pub mod worker;
 
@@ -89,4 +97,12 @@ pub enum RuntimeError {
     /// A schedule could not be parsed.
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    /// The metrics/health address could not be bound.
+    #[error("cannot serve metrics on {addr} ([imaged] metrics_bind): {source}")]
+    MetricsBind {
+        /// The configured address.
+        addr: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }

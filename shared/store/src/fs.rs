@@ -142,6 +142,63 @@ impl FsBackend {
         run_blocking(job, self.timeouts.operation, what).await
     }
 
+    /// Deletes several `file://` paths (each with its image id for log lines) one after another
+    /// on a single blocking thread: one pool round trip for the lot instead of one per file,
+    /// with the same confinement checks and error classification as [`FsBackend::delete`].
+    /// Results are in input order. Each delete gets the operation timeout, counted from the end
+    /// of the previous one; after a timeout the rest are not attempted and fail as transient.
+    pub(crate) async fn delete_all(
+        &self,
+        items: Vec<(String, Option<String>)>,
+    ) -> Vec<Result<(), StoreError>> {
+        let paths: Vec<String> = items.iter().map(|(p, _)| p.clone()).collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let this = self.clone();
+        // Detached on purpose: a hung unlink must not hold the caller; the worker stops at its
+        // next send once the receiver is gone.
+        drop(tokio::task::spawn_blocking(move || {
+            for (path, image_id) in items {
+                let res = this
+                    .confine(&path, image_id.as_deref())
+                    .and_then(|resolved| {
+                        fs::remove_file(&resolved).map_err(|e| {
+                            StoreError::from_io(format_args!("deleting file://{path}"), &e)
+                        })
+                    });
+                if tx.send(res).is_err() {
+                    break;
+                }
+            }
+        }));
+        let limit = self.timeouts.operation;
+        let mut out = Vec::with_capacity(paths.len());
+        for path in &paths {
+            match tokio::time::timeout(limit, rx.recv()).await {
+                Ok(Some(res)) => out.push(res),
+                Ok(None) => out.push(Err(StoreError::new(
+                    crate::error::ErrorClass::Transient,
+                    ErrorKind::Io,
+                    format!("deleting file://{path}: worker failed"),
+                ))),
+                Err(_) => {
+                    out.push(Err(StoreError::timeout(
+                        format_args!("deleting file://{path}"),
+                        limit,
+                    )));
+                    break;
+                }
+            }
+        }
+        for path in &paths[out.len()..] {
+            out.push(Err(StoreError::new(
+                crate::error::ErrorClass::Transient,
+                ErrorKind::Timeout,
+                format!("deleting file://{path}: not attempted, an earlier delete timed out"),
+            )));
+        }
+        out
+    }
+
     /// Opens the file a `file://` location names for streaming.
     pub async fn open_read(
         &self,

@@ -587,3 +587,41 @@ async fn stale_temp_files_are_swept() {
     );
     assert_eq!(list(tmp.path()), vec!["real-image".to_string()]);
 }
+
+/// `delete_many` reports each location exactly as `delete` would, in input order: deleted
+/// files, missing ones, refused paths, non-file locations and unsupported schemes side by side.
+#[tokio::test]
+async fn delete_many_matches_delete_per_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outside = tmp.path().join("victim");
+    std::fs::write(&outside, b"keep").unwrap();
+    for name in ["a", "b"] {
+        std::fs::write(dir.join(name), b"x").unwrap();
+    }
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let store = single(&dir);
+    let locs = vec![
+        Location::new(file_url(&dir.join("a"))).with_image_id("img-a"),
+        Location::new(file_url(&dir.join("missing"))),
+        Location::new(file_url(&outside)),
+        Location::new("http://example.invalid/x"),
+        Location::new(file_url(&dir.join("sub"))),
+        Location::new(file_url(&dir.join("b"))),
+    ];
+    let got = store.delete_many(&locs).await;
+    assert_eq!(got.len(), locs.len());
+    assert!(got[0].is_ok(), "{:?}", got[0]);
+    assert!(got[1].as_ref().unwrap_err().is_not_found());
+    assert_eq!(
+        got[2].as_ref().unwrap_err().kind(),
+        &ErrorKind::OutsideStore
+    );
+    assert_eq!(got[3].as_ref().unwrap_err().class(), ErrorClass::Permanent);
+    assert_eq!(got[4].as_ref().unwrap_err().kind(), &ErrorKind::NotAFile);
+    assert!(got[5].is_ok(), "{:?}", got[5]);
+    assert_eq!(list(&dir), vec!["sub".to_string()]);
+    assert!(outside.exists());
+    assert!(store.delete_many(&[]).await.is_empty());
+}

@@ -60,4 +60,5 @@ conformance!(
     centralized_cache_tables,
     encrypted_locations_written_like_glance,
     retry_after_forced_lock,
+    api_delayed_delete_leaves_glance_rows,
 );

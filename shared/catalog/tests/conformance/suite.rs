@@ -1459,3 +1459,98 @@ async fn hold_lock(db: &TestDb, id: &str, hold: Duration) -> tokio::task::JoinHa
     rx.await.unwrap();
     handle
 }
+
+/// `Catalog::delayed_delete_image` leaves an imported image exactly as Glance's
+/// API does with `delayed_delete = True`, so the scrubber's listing finds it.
+pub async fn api_delayed_delete_leaves_glance_rows(db: TestDb) {
+    use imaged_catalog::delayed_delete::DelayedDelete;
+    use imaged_catalog::images::NewImage;
+    let cat = &db.catalog;
+    let new_active = |name: &str| NewImage {
+        name: Some(name.into()),
+        owner: Some("project-a".into()),
+        status: "active".into(),
+        ..Default::default()
+    };
+    let id = cat.create_image(&new_active("doomed")).await.unwrap();
+    for i in 0..2 {
+        cat.add_location(
+            &id,
+            &format!("file:///var/lib/glance/images/{id}-{i}"),
+            &serde_json::json!({}),
+            "active",
+        )
+        .await
+        .unwrap();
+    }
+    cat.set_property(&id, "hw_disk_bus", "virtio")
+        .await
+        .unwrap();
+    cat.add_image_tag(&id, "demo").await.unwrap();
+
+    let outcome = cat.delayed_delete_image(&id).await.unwrap();
+    assert_eq!(outcome, DelayedDelete::PendingDelete { locations: 2 });
+    let img = cat.get_image(&id).await.unwrap().unwrap();
+    assert_eq!((img.status.as_str(), img.deleted), ("pending_delete", true));
+    let image_deleted_at = img.deleted_at.expect("deleted_at set");
+    assert_eq!(img.updated_at, Some(image_deleted_at));
+    let locs = cat.image_scrub_locations(&id).await.unwrap();
+    assert_eq!(locs.len(), 2);
+    for l in &locs {
+        let at = l.location_deleted_at.expect("location deleted_at set");
+        assert!(at <= image_deleted_at, "locations are queued first");
+        assert_eq!(l.image_status, "pending_delete");
+    }
+    let live_children = |table: &str| {
+        format!("SELECT COUNT(*) FROM {table} WHERE image_id = '{id}' AND deleted = FALSE")
+    };
+    for t in ["image_locations", "image_properties", "image_tags"] {
+        assert_eq!(db.count(&live_children(t)).await.unwrap(), 0, "{t}");
+    }
+    let prop_deleted_at = db
+        .timestamp(&format!(
+            "SELECT deleted_at FROM image_properties WHERE image_id = '{id}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(prop_deleted_at, Some(image_deleted_at));
+    // Gone for the API: a second delete finds nothing.
+    assert!(matches!(
+        cat.delayed_delete_image(&id).await,
+        Err(CatalogError::NotFound { .. })
+    ));
+
+    // No location: straight to `deleted`, whatever the status.
+    let empty = cat
+        .create_image(&NewImage {
+            status: "queued".into(),
+            ..new_active("empty")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cat.delayed_delete_image(&empty).await.unwrap(),
+        DelayedDelete::Deleted
+    );
+    let img = cat.get_image(&empty).await.unwrap().unwrap();
+    assert_eq!((img.status.as_str(), img.deleted), ("deleted", true));
+
+    // A non-active image with data is refused and left as it was.
+    let saving = cat
+        .create_image(&NewImage {
+            status: "saving".into(),
+            ..new_active("saving")
+        })
+        .await
+        .unwrap();
+    cat.add_location(&saving, "file:///x", &serde_json::json!({}), "active")
+        .await
+        .unwrap();
+    match cat.delayed_delete_image(&saving).await {
+        Err(CatalogError::Conflict { found, .. }) => assert_eq!(found.as_deref(), Some("saving")),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let img = cat.get_image(&saving).await.unwrap().unwrap();
+    assert_eq!((img.status.as_str(), img.deleted), ("saving", false));
+    assert_eq!(cat.image_scrub_locations(&saving).await.unwrap().len(), 0);
+}
