@@ -212,8 +212,6 @@ pub struct TaskSettings {
     pub max_workers: u32,
     /// Legacy import conversion target.
     pub conversion_format: Option<String>,
-    /// Tasks run at once by one executor.
-    pub workers: u32,
     /// Claim lease.
     pub lease: Duration,
     /// Heartbeat period.
@@ -537,7 +535,6 @@ impl Config {
             engine_mode: self.string("taskflow_executor", "engine_mode"),
             max_workers: self.uint("taskflow_executor", "max_workers"),
             conversion_format: self.opt_str("taskflow_executor", "conversion_format"),
-            workers: self.uint("imaged_tasks", "workers"),
             lease: self.duration("imaged_tasks", "lease_seconds"),
             heartbeat_interval: self.duration("imaged_tasks", "heartbeat_interval"),
             max_attempts: self.uint("imaged_tasks", "max_attempts"),

@@ -738,7 +738,7 @@ static EXTRA: &[OptionDef] = &[
         .used(T).live().glance("glance/async_/flows/api_image_import.py"),
     // --- imaged's own options ---
     opt("imaged", "metrics_bind", Kind::HostPort, None,
-        "Address (host:port) of the Prometheus metrics endpoint; unset turns the endpoint off.")
+        "Address (host:port) of the HTTP endpoint serving Prometheus /metrics and /healthz in `run` mode; unset turns it off.")
         .used(A).imaged(),
     opt("imaged", "shutdown_timeout", Kind::Int { min: Some(0), max: None }, Some("10"),
         "Seconds a daemon waits for running work to finish after SIGTERM before it exits.")
@@ -768,14 +768,11 @@ static EXTRA: &[OptionDef] = &[
         "Size the pruner shrinks the cache to once it exceeds image_cache_max_size; unset means image_cache_max_size itself.")
         .used(C).live().unit("bytes").imaged(),
     opt("imaged_cache", "orphan_grace", Kind::Int { min: Some(0), max: None }, Some("600"),
-        "Seconds an image file without an index row is left alone (it may be a commit still in flight); after that prune adopts it and clean removes it.")
+        "Seconds an image file without an index row is left alone (it may be a commit still in flight); after that prune adopts it and clean removes it. Also how long a partial download in incomplete/ that no process holds open may sit unwritten before it counts as abandoned.")
         .used(C).live().unit("seconds").imaged(),
     opt("imaged_cache", "min_free_disk", Kind::Size, None,
         "Free space to keep on the cache filesystem; the pruner evicts further while less is free. Unset turns the check off.")
         .used(C).live().unit("bytes").imaged(),
-    opt("imaged_tasks", "workers", Kind::Int { min: Some(1), max: None }, Some("16"),
-        "Tasks one executor runs at the same time (Glance runs 16 per API worker).")
-        .used(T).live().imaged(),
     opt("imaged_tasks", "lease_seconds", Kind::Int { min: Some(1), max: None }, Some("300"),
         "How long a claimed task stays owned without a heartbeat before another executor may reclaim it.")
         .used(T).live().unit("seconds").imaged(),
