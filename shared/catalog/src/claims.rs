@@ -338,16 +338,7 @@ impl Catalog {
         let rec = on_pool!(&self.pool, p => {
             match sqlx::query(sql).bind(kind.as_str()).bind(unit_id).fetch_optional(p).await? {
                 None => None,
-                Some(r) => Some(ClaimRecord {
-                    kind: r.try_get("kind")?,
-                    unit_id: r.try_get("unit_id")?,
-                    owner: r.try_get("owner")?,
-                    lease_expires_at: r.try_get::<Option<Ts>, _>("lease_expires_at")?.map(|t| t.0),
-                    attempts: r.try_get("attempts")?,
-                    last_error: r.try_get("last_error")?,
-                    error_class: r.try_get("error_class")?,
-                    next_attempt_at: r.try_get::<Option<Ts>, _>("next_attempt_at")?.map(|t| t.0),
-                }),
+                Some(r) => Some(claim_record_row(&r)?),
             }
         });
         Ok(rec)
@@ -369,4 +360,26 @@ impl Catalog {
         });
         Ok(rows)
     }
+}
+
+/// A `ClaimRecord` from a row of `SELECT kind, unit_id, owner, lease_expires_at, attempts,
+/// last_error, error_class, next_attempt_at` on any engine.
+pub(crate) fn claim_record_row<R: Row>(r: &R) -> std::result::Result<ClaimRecord, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Ts>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ClaimRecord {
+        kind: r.try_get("kind")?,
+        unit_id: r.try_get("unit_id")?,
+        owner: r.try_get("owner")?,
+        lease_expires_at: r.try_get::<Option<Ts>, _>("lease_expires_at")?.map(|t| t.0),
+        attempts: r.try_get("attempts")?,
+        last_error: r.try_get("last_error")?,
+        error_class: r.try_get("error_class")?,
+        next_attempt_at: r.try_get::<Option<Ts>, _>("next_attempt_at")?.map(|t| t.0),
+    })
 }

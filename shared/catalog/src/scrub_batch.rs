@@ -15,7 +15,9 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use crate::claims::{ClaimKind, ClaimOwner, ClaimRecord, MAX_IDS_PER_STATEMENT, lease_end};
+use crate::claims::{
+    ClaimKind, ClaimOwner, ClaimRecord, MAX_IDS_PER_STATEMENT, claim_record_row, lease_end,
+};
 use crate::db::{BeginWrite, Catalog, on_pool};
 use crate::error::Result;
 use crate::scrub::FinishOutcome;
@@ -358,7 +360,7 @@ impl Catalog {
                         }
                         let mut v = Vec::new();
                         for r in q.fetch_all(p).await? {
-                            v.push(record(&r)?);
+                            v.push(claim_record_row(&r)?);
                         }
                         v
                     }))
@@ -379,31 +381,11 @@ impl Catalog {
             Ok(on_pool!(self.reader(), p => {
                 let mut v = Vec::new();
                 for r in sqlx::query(sql).bind(kind.as_str()).bind(i64::from(limit)).fetch_all(p).await? {
-                    v.push(record(&r)?);
+                    v.push(claim_record_row(&r)?);
                 }
                 v
             }))
         })
         .await
     }
-}
-
-fn record<R: Row>(r: &R) -> std::result::Result<ClaimRecord, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<Ts>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(ClaimRecord {
-        kind: r.try_get("kind")?,
-        unit_id: r.try_get("unit_id")?,
-        owner: r.try_get("owner")?,
-        lease_expires_at: r.try_get::<Option<Ts>, _>("lease_expires_at")?.map(|t| t.0),
-        attempts: r.try_get("attempts")?,
-        last_error: r.try_get("last_error")?,
-        error_class: r.try_get("error_class")?,
-        next_attempt_at: r.try_get::<Option<Ts>, _>("next_attempt_at")?.map(|t| t.0),
-    })
 }
