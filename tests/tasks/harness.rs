@@ -74,10 +74,10 @@ impl Server {
 }
 
 /// Routes: `/data/<name>` (with Content-Length), `/nolen/<name>` (no
-/// length, close-delimited), `/slow/<ms>/<name>` (64 KiB every `ms`),
-/// `/short/<name>` (announces more than it sends), `/redirect/<target
-/// path-and-query, percent-free>` (302 to `Location: <rest>` verbatim),
-/// `/status/<code>`.
+/// length, close-delimited), `/slow/<ms>/<name>` (64 KiB every `ms`; no
+/// longer counted active once its last chunk is due), `/short/<name>`
+/// (announces more than it sends), `/redirect/<target path-and-query,
+/// percent-free>` (302 to `Location: <rest>` verbatim), `/status/<code>`.
 async fn serve(mut sock: tokio::net::TcpStream, st: Arc<ServerState>) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 4096];
@@ -101,8 +101,11 @@ async fn serve(mut sock: tokio::net::TcpStream, st: Arc<ServerState>) -> std::io
     }
     let cur = st.active.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_active.fetch_max(cur, Ordering::SeqCst);
-    let res = respond(&mut sock, &st, &path).await;
-    st.active.fetch_sub(1, Ordering::SeqCst);
+    let mut active = true;
+    let res = respond(&mut sock, &st, &path, &mut active).await;
+    if active {
+        st.active.fetch_sub(1, Ordering::SeqCst);
+    }
     res
 }
 
@@ -110,6 +113,7 @@ async fn respond(
     sock: &mut tokio::net::TcpStream,
     st: &ServerState,
     path: &str,
+    active: &mut bool,
 ) -> std::io::Result<()> {
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(3, '/').collect();
     let get = |name: &str| {
@@ -171,9 +175,19 @@ async fn respond(
                 data.len()
             );
             sock.write_all(head.as_bytes()).await?;
-            for c in data.chunks(64 << 10) {
+            let chunks: Vec<&[u8]> = data.chunks(64 << 10).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                if i + 1 == chunks.len() {
+                    // The download stops counting as active before its last
+                    // bytes leave: a client cannot start its next request
+                    // before that, so a serial executor never reads as two.
+                    st.active.fetch_sub(1, Ordering::SeqCst);
+                    *active = false;
+                }
                 sock.write_all(c).await?;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             sock.shutdown().await
         }
