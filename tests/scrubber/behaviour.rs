@@ -276,3 +276,97 @@ async fn status_table_lists_failing_images() {
     assert!(table.contains("permanent"), "{table}");
     assert!(table.contains("read-only"), "{table}");
 }
+
+/// Images whose locations fall into two units of one pass (the pass
+/// pipelines units: one is deleted while the next is claimed): every
+/// location is scrubbed once, no image is reported as held by another
+/// scrubber, and every image ends `deleted`. 1,100 bulk images of one
+/// location each; image k (k ≤ 550) also takes the location of image
+/// k + 550, so images 451–550 span the first two units of 1,000 locations
+/// and images 551–1,100 are left with no location at all.
+async fn images_spanning_units_are_scrubbed_once(engine: Engine) {
+    let Some(env) = Env::with_config(engine, "scrub_pool_size = 4", "").await else {
+        return;
+    };
+    imaged_catalog::testing::bulk_pending_delete(&env.db.catalog, 1100, 1)
+        .await
+        .unwrap();
+    env.db
+        .exec(&format!(
+            "UPDATE image_locations SET value = REPLACE(value, 'file:///var/lib/glance/images', '{}')",
+            env.url("").trim_end_matches('/')
+        ))
+        .await
+        .unwrap();
+    for i in 1..=1100 {
+        env.data_file(&format!("bulk-{i}-0"));
+    }
+    let num = "CAST(SUBSTR(image_id, 6) AS INTEGER)";
+    let moved = match engine {
+        Engine::Sqlite => format!("printf('bulk-%031d', {num} - 550)"),
+        Engine::Postgres => format!("'bulk-' || lpad(({num} - 550)::text, 31, '0')"),
+        Engine::MySql => {
+            "CONCAT('bulk-', LPAD(CAST(SUBSTRING(image_id, 6) AS UNSIGNED) - 550, 31, '0'))"
+                .to_string()
+        }
+    };
+    let over = match engine {
+        Engine::MySql => "CAST(SUBSTRING(image_id, 6) AS UNSIGNED) > 550".to_string(),
+        _ => format!("{num} > 550"),
+    };
+    env.db
+        .exec(&format!(
+            "UPDATE image_locations SET image_id = {moved} WHERE {over}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.count("SELECT COUNT(DISTINCT image_id) FROM image_locations")
+            .await,
+        550
+    );
+
+    let out = env.run(&["once"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert_eq!(summary_value(&log, "due"), Some(1100), "{log}");
+    assert_eq!(summary_value(&log, "scrubbed"), Some(1100), "{log}");
+    assert_eq!(summary_value(&log, "held_elsewhere"), Some(0), "{log}");
+    assert_eq!(summary_value(&log, "conflicts"), Some(0), "{log}");
+    assert_eq!(summary_value(&log, "images_deleted"), Some(1100), "{log}");
+    assert_eq!(summary_value(&log, "stuck_completed"), Some(550), "{log}");
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM image_locations WHERE status = 'deleted' AND deleted = TRUE"
+        )
+        .await,
+        1100
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM images WHERE status = 'deleted'")
+            .await,
+        1100
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM imaged_claims WHERE owner IS NOT NULL")
+            .await,
+        0,
+        "every claim released"
+    );
+    assert_eq!(std::fs::read_dir(&env.datadir).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn images_spanning_units_are_scrubbed_once_sqlite() {
+    images_spanning_units_are_scrubbed_once(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn images_spanning_units_are_scrubbed_once_postgres() {
+    images_spanning_units_are_scrubbed_once(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn images_spanning_units_are_scrubbed_once_mysql() {
+    images_spanning_units_are_scrubbed_once(Engine::MySql).await;
+}

@@ -11,7 +11,8 @@
 //! have finished them between listing and claim), and the catalog is only
 //! changed after the store said the data is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -24,6 +25,7 @@ use imaged_runtime::ExitCode;
 use imaged_runtime::control::ShutdownToken;
 use imaged_store::{ErrorClass, Location, Store};
 use serde::Serialize;
+use tokio::sync::{mpsc, watch};
 
 /// How long a permanently failing image rests before it is tried again
 /// (so an operator's fix is picked up without a restart, yet the error is
@@ -117,6 +119,21 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// Adds the counts of `other` (a stage's share of the pass) to these.
+    fn add(&mut self, other: &PassReport) {
+        self.due += other.due;
+        self.scrubbed += other.scrubbed;
+        self.not_found += other.not_found;
+        self.transient += other.transient;
+        self.permanent += other.permanent;
+        self.backing_off_images += other.backing_off_images;
+        self.held_elsewhere_images += other.held_elsewhere_images;
+        self.conflicts += other.conflicts;
+        self.images_deleted += other.images_deleted;
+        self.stuck_completed += other.stuck_completed;
+        self.bytes_freed += other.bytes_freed;
+    }
+
     /// Failed work this pass, including images still in back-off.
     pub fn failures(&self) -> u64 {
         self.transient + self.permanent + self.backing_off_images
@@ -198,6 +215,109 @@ struct ImageWork {
     locations: Vec<ScrubLocation>,
 }
 
+/// A claimed unit on its way from the listing stage to the delete stage.
+struct Unit {
+    work: Vec<ImageWork>,
+}
+
+/// A unit whose deletes are done, on its way to the commit stage:
+/// `(index into work, location id, outcome)` per location.
+struct DeletedUnit {
+    unit: Unit,
+    results: Vec<(usize, i64, Deleted)>,
+}
+
+/// What the stages of one pass share: the images claimed and not yet
+/// committed (their later locations wait, and their claims are renewed),
+/// a commit counter the listing stage waits on, and the report.
+struct Pipeline {
+    in_flight: Mutex<HashSet<String>>,
+    /// Taken around the stages' write transactions on SQLite: they would
+    /// otherwise meet SQLite's lock, whose busy handler sleeps in steps of
+    /// up to 100 ms, where a queue here wakes the next writer at once.
+    writes: Option<tokio::sync::Mutex<()>>,
+    closed: std::sync::atomic::AtomicBool,
+    commits: watch::Sender<u64>,
+    report: Mutex<PassReport>,
+}
+
+impl Pipeline {
+    fn new(serialize_writes: bool) -> Self {
+        Pipeline {
+            in_flight: Mutex::new(HashSet::new()),
+            writes: serialize_writes.then(|| tokio::sync::Mutex::new(())),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            commits: watch::channel(0).0,
+            report: Mutex::new(PassReport::default()),
+        }
+    }
+
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.writes {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self, image_id: &str) -> bool {
+        self.lock_in_flight().contains(image_id)
+    }
+
+    fn in_flight_ids(&self) -> Vec<String> {
+        self.lock_in_flight().iter().cloned().collect()
+    }
+
+    fn claimed(&self, ids: &[String]) {
+        self.lock_in_flight().extend(ids.iter().cloned());
+    }
+
+    fn committed(&self, ids: &[String]) {
+        {
+            let mut set = self.lock_in_flight();
+            for id in ids {
+                set.remove(id);
+            }
+        }
+        self.commits.send_modify(|n| *n += 1);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.commits.send_modify(|n| *n += 1);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// Moves the deferred locations whose image has left the pipeline into
+    /// a new unit.
+    fn take_ready(&self, deferred: &mut Vec<ScrubLocation>) -> Vec<ScrubLocation> {
+        let set = self.lock_in_flight();
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(deferred)
+            .into_iter()
+            .partition(|l| !set.contains(&l.image_id));
+        *deferred = wait;
+        ready
+    }
+
+    fn report(&self, f: impl FnOnce(&mut PassReport)) {
+        f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn into_report(self) -> PassReport {
+        self.report.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Scrubber {
     /// A scrubber with a fresh claim identity.
     pub fn new(catalog: Catalog, store: Store) -> Self {
@@ -224,49 +344,73 @@ impl Scrubber {
     }
 
     /// Runs one pass over the work that is due now. A cancelled `shutdown`
-    /// stops it between pages; the page in flight is finished and
+    /// stops it between units; the units already claimed are deleted and
     /// committed first.
+    ///
+    /// The pass is a three-stage pipeline — list and claim, delete, commit —
+    /// with one unit in each stage, so the catalog's transactions (each an
+    /// fsync on SQLite) overlap the backend deletes of the neighbouring
+    /// units instead of adding to them. An image whose locations fall into
+    /// two units is never in two stages at once: its later locations wait
+    /// until the earlier unit is committed (see [`Pipeline`]).
     pub async fn pass(
         &self,
         settings: &PassSettings,
         shutdown: &ShutdownToken,
     ) -> Result<PassReport, PassError> {
         let started = Instant::now();
-        let mut report = PassReport::default();
-        let query = ScrubQuery {
-            scrub_time: settings.scrub_time,
-            include_live_image_locations: true,
-            page_size: settings.batch_size.max(1),
-        };
-        let mut after = 0i64;
-        loop {
-            if shutdown.is_cancelled() {
-                report.interrupted = true;
-                break;
-            }
-            // Listing pages are gathered into one unit of work so that a
-            // claim and a commit (each a write transaction, an fsync on
-            // SQLite) cover up to UNIT_LOCATIONS locations.
-            let mut unit = Vec::new();
-            let mut more = true;
-            while more && unit.len() < UNIT_LOCATIONS {
-                let page = self.catalog.scrub_page(&query, after).await?;
-                more = page.len() as u64 >= u64::from(query.page_size);
-                match page.last() {
-                    Some(last) => after = last.location_id,
-                    None => break,
+        let pipe = Pipeline::new(self.catalog.engine() == imaged_catalog::Engine::Sqlite);
+        let (claimed_tx, mut claimed_rx) = mpsc::channel::<Unit>(1);
+        let (deleted_tx, mut deleted_rx) = mpsc::channel::<DeletedUnit>(1);
+
+        let list = self.list_and_claim(settings, shutdown, &pipe, claimed_tx);
+        let delete = async {
+            while let Some(unit) = claimed_rx.recv().await {
+                let results = self.delete_unit(&unit, settings).await;
+                if deleted_tx
+                    .send(DeletedUnit { unit, results })
+                    .await
+                    .is_err()
+                {
+                    break;
                 }
-                unit.extend(page);
             }
-            if unit.is_empty() {
-                break;
+            drop(deleted_tx);
+        };
+        let commit = async {
+            let mut out = Ok(());
+            while let Some(done) = deleted_rx.recv().await {
+                let ids: Vec<String> = done.unit.work.iter().map(|w| w.image_id.clone()).collect();
+                out = self.commit_unit(done, &pipe).await;
+                pipe.committed(&ids);
+                if out.is_err() {
+                    break;
+                }
             }
-            report.due += unit.len() as u64;
-            self.scrub_page(unit, settings, &mut report).await?;
-            if !more {
-                break;
+            // Wakes the listing stage if it waits for a commit that will
+            // not come.
+            pipe.close();
+            out
+        };
+        // The claims of every unit between claim and commit are renewed
+        // every third of the lease, so a unit slowed down by its backend or
+        // waiting for the next stage never outlives its claims: a restore or
+        // another scrubber can take an image over only once this process
+        // stopped renewing it.
+        let commit = async {
+            let mut commit = std::pin::pin!(commit);
+            let every = (settings.lease / 3).max(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    out = &mut commit => return out,
+                    () = tokio::time::sleep(every) => self.renew(&pipe, settings.lease).await,
+                }
             }
-        }
+        };
+        let (listed, (), committed) = tokio::join!(list, delete, commit);
+        let mut report = pipe.into_report();
+        listed?;
+        committed?;
         if !report.interrupted {
             self.complete_stuck(&mut report).await?;
         }
@@ -274,16 +418,78 @@ impl Scrubber {
         Ok(report)
     }
 
-    async fn scrub_page(
+    /// The first stage: lists due locations into units and claims them.
+    async fn list_and_claim(
         &self,
-        page: Vec<ScrubLocation>,
         settings: &PassSettings,
-        report: &mut PassReport,
+        shutdown: &ShutdownToken,
+        pipe: &Pipeline,
+        tx: mpsc::Sender<Unit>,
     ) -> Result<(), PassError> {
+        let query = ScrubQuery {
+            scrub_time: settings.scrub_time,
+            include_live_image_locations: true,
+            page_size: settings.batch_size.max(1),
+        };
+        let mut after = 0i64;
+        let mut more = true;
+        let mut deferred: Vec<ScrubLocation> = Vec::new();
+        let mut commits = pipe.commits();
+        loop {
+            if shutdown.is_cancelled() {
+                pipe.report(|r| r.interrupted = true);
+                return Ok(());
+            }
+            // Listing pages are gathered into one unit of work so that a
+            // claim and a commit (each a write transaction, an fsync on
+            // SQLite) cover up to UNIT_LOCATIONS locations.
+            let mut unit = pipe.take_ready(&mut deferred);
+            while more && unit.len() < UNIT_LOCATIONS {
+                let page = self.catalog.scrub_page(&query, after).await?;
+                more = page.len() as u64 >= u64::from(query.page_size);
+                let Some(last) = page.last() else { break };
+                after = last.location_id;
+                pipe.report(|r| r.due += page.len() as u64);
+                for loc in page {
+                    if pipe.in_flight(&loc.image_id) {
+                        deferred.push(loc);
+                    } else {
+                        unit.push(loc);
+                    }
+                }
+            }
+            if unit.is_empty() {
+                if deferred.is_empty() {
+                    return Ok(());
+                }
+                // Only locations of images still in a later stage are left:
+                // wait for the next commit, then take what it freed.
+                if commits.changed().await.is_err() || pipe.is_closed() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if let Some(unit) = self.claim_unit(unit, settings, pipe).await?
+                && tx.send(unit).await.is_err()
+            {
+                // The commit stage stopped on an error, which it reports.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Groups a unit's locations by image, claims the images, and keeps
+    /// the locations that are still pending under a claim of ours.
+    async fn claim_unit(
+        &self,
+        locations: Vec<ScrubLocation>,
+        settings: &PassSettings,
+        pipe: &Pipeline,
+    ) -> Result<Option<Unit>, PassError> {
         // Group by image, keeping listing order.
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut work: Vec<ImageWork> = Vec::new();
-        for loc in page {
+        for loc in locations {
             match index.get(&loc.image_id) {
                 Some(&i) => work[i].locations.push(loc),
                 None => {
@@ -296,19 +502,27 @@ impl Scrubber {
             }
         }
         let ids: Vec<String> = work.iter().map(|w| w.image_id.clone()).collect();
+        let turn = pipe.write_turn().await;
         let claimed = self
             .catalog
             .claim(ClaimKind::ScrubImage, &ids, &self.owner, settings.lease)
             .await?;
+        drop(turn);
         if claimed.len() < ids.len() {
-            self.count_unclaimed(&ids, &claimed, report).await?;
+            let mut report = PassReport::default();
+            self.count_unclaimed(&ids, &claimed, &mut report).await?;
+            pipe.report(|r| {
+                r.held_elsewhere_images += report.held_elsewhere_images;
+                r.backing_off_images += report.backing_off_images;
+            });
         }
-        let claimed_ids = claimed.clone();
-        let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
-        work.retain(|w| claimed.contains(&w.image_id));
-        if work.is_empty() {
-            return Ok(());
+        if claimed.is_empty() {
+            return Ok(None);
         }
+        pipe.claimed(&claimed);
+        let claimed_set: std::collections::HashSet<&str> =
+            claimed.iter().map(String::as_str).collect();
+        work.retain(|w| claimed_set.contains(w.image_id.as_str()));
         // Another scrubber may have finished some locations between our
         // listing and our claim.
         let listed: Vec<i64> = work
@@ -317,21 +531,30 @@ impl Scrubber {
             .collect();
         let pending: std::collections::HashSet<i64> = self
             .catalog
-            .still_pending_locations(&claimed_ids, &listed)
+            .still_pending_locations(&claimed, &listed)
             .await?
             .into_iter()
             .collect();
         let dropped = listed.len() - pending.len();
-        report.conflicts += dropped as u64;
+        pipe.report(|r| r.conflicts += dropped as u64);
         for w in &mut work {
             w.locations.retain(|l| pending.contains(&l.location_id));
         }
+        Ok(Some(Unit { work }))
+    }
 
-        // Backend deletes: the unit is split into `pool_size` runs deleted
-        // concurrently, each run one location after another (one store call,
-        // so a run of files costs one blocking-pool round trip); at most
-        // `pool_size` deletes are ever in flight.
-        let mut jobs: Vec<(usize, ScrubLocation)> = work
+    /// The second stage: the unit's backend deletes. The unit is split
+    /// into `pool_size` runs deleted concurrently, each run one location
+    /// after another (one store call, so a run of files costs one
+    /// blocking-pool round trip); at most `pool_size` deletes are ever in
+    /// flight.
+    async fn delete_unit(
+        &self,
+        unit: &Unit,
+        settings: &PassSettings,
+    ) -> Vec<(usize, i64, Deleted)> {
+        let mut jobs: Vec<(usize, ScrubLocation)> = unit
+            .work
             .iter()
             .enumerate()
             .flat_map(|(i, w)| w.locations.iter().cloned().map(move |l| (i, l)))
@@ -343,15 +566,22 @@ impl Scrubber {
             let rest = jobs.split_off(per_run.min(jobs.len()));
             chunks.push(std::mem::replace(&mut jobs, rest));
         }
-        let deletes = futures::stream::iter(chunks)
+        futures::stream::iter(chunks)
             .map(|run| async move { self.delete_run(&run).await })
             .buffer_unordered(pool)
-            .collect::<Vec<Vec<(usize, i64, Deleted)>>>();
-        let runs = self
-            .renewing_leases(&claimed_ids, settings.lease, deletes)
-            .await;
-        let results = runs.into_iter().flatten();
+            .collect::<Vec<Vec<(usize, i64, Deleted)>>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 
+    /// The third stage: one batched catalog commit for the unit, then the
+    /// failures recorded image by image.
+    async fn commit_unit(&self, done: DeletedUnit, pipe: &Pipeline) -> Result<(), PassError> {
+        let DeletedUnit { unit, results } = done;
+        let work = unit.work;
+        let mut report = PassReport::default();
         let mut gone: Vec<Vec<i64>> = vec![Vec::new(); work.len()];
         let mut failed: Vec<Vec<(i64, ErrorClass, String)>> = vec![Vec::new(); work.len()];
         for (i, id, res) in results {
@@ -378,7 +608,9 @@ impl Scrubber {
                 }
             })
             .collect();
+        let turn = pipe.write_turn().await;
         let outcomes = self.catalog.commit_scrubbed(&self.owner, &batch).await?;
+        drop(turn);
         for o in &outcomes {
             report.scrubbed += o.marked;
             if let Some(size) = o.image_size {
@@ -410,42 +642,36 @@ impl Scrubber {
                 FinishOutcome::NotFound => {}
             }
         }
+        let mut result = Ok(());
         for (i, w) in work.iter().enumerate() {
             if failed[i].is_empty() {
                 continue;
             }
-            self.record_failures(&w.image_id, &failed[i], report)
-                .await?;
+            if let Err(e) = self
+                .record_failures(&w.image_id, &failed[i], &mut report)
+                .await
+            {
+                result = Err(e);
+                break;
+            }
         }
-        Ok(())
+        pipe.report(|r| r.add(&report));
+        result
     }
 
-    /// Runs `work` (a unit's deletes) while renewing the unit's claims
-    /// every third of the lease, so that a unit slowed down by its backend
-    /// never outlives its claims: a restore or another scrubber can take an
-    /// image over only once this process stopped renewing it.
-    async fn renewing_leases<T>(
-        &self,
-        image_ids: &[String],
-        lease: Duration,
-        work: impl std::future::Future<Output = T>,
-    ) -> T {
-        let every = (lease / 3).max(Duration::from_secs(1));
-        let mut work = std::pin::pin!(work);
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                () = tokio::time::sleep(every) => {
-                    if let Err(e) = self
-                        .catalog
-                        .renew_claims(ClaimKind::ScrubImage, image_ids, &self.owner, lease)
-                        .await
-                    {
-                        tracing::warn!(error = %e, images = image_ids.len(),
-                            "could not renew the claims of the images being scrubbed");
-                    }
-                }
-            }
+    /// Renews the claims of every image between claim and commit.
+    async fn renew(&self, pipe: &Pipeline, lease: Duration) {
+        let ids = pipe.in_flight_ids();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .catalog
+            .renew_claims(ClaimKind::ScrubImage, &ids, &self.owner, lease)
+            .await
+        {
+            tracing::warn!(error = %e, images = ids.len(),
+                "could not renew the claims of the images being scrubbed");
         }
     }
 
@@ -587,12 +813,10 @@ impl Scrubber {
             let Some(last) = ids.last() else { break };
             after = last.clone();
             let n = ids.len();
-            for id in ids {
-                if let FinishOutcome::Deleted = self.catalog.finish_image(&id).await? {
-                    tracing::info!(image_id = %id, "image had no pending location left; marked deleted");
-                    report.stuck_completed += 1;
-                    report.images_deleted += 1;
-                }
+            for id in self.catalog.finish_images(&ids).await? {
+                tracing::info!(image_id = %id, "image had no pending location left; marked deleted");
+                report.stuck_completed += 1;
+                report.images_deleted += 1;
             }
             if n < 500 {
                 break;

@@ -120,16 +120,86 @@ impl Catalog {
         ids.sort();
         ids.dedup();
         let mut claimed = Vec::new();
-        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
-            let got = self
-                .with_retry("claim", || self.claim_chunk(kind, chunk, owner, lease))
+        if self.engine() == crate::Engine::Sqlite {
+            // SQLite has one writer at a time anyway, and each transaction
+            // of a rollback-journal database costs a journal file and four
+            // fsyncs: the whole claim is one transaction.
+            claimed = self
+                .with_retry("claim", || self.claim_sqlite(kind, &ids, owner, lease))
                 .await?;
-            claimed.extend(got);
+        } else {
+            for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+                let got = self
+                    .with_retry("claim", || self.claim_chunk(kind, chunk, owner, lease))
+                    .await?;
+                claimed.extend(got);
+            }
         }
         claimed.sort();
         Ok(claimed)
     }
 
+    /// `INSERT` (ignoring existing rows) of `n` unclaimed claim rows, bound
+    /// as `(kind, unit_id, created_at)` triples.
+    fn claim_rows_insert(&self, n: usize) -> sqlx::AssertSqlSafe<String> {
+        let (ins, tail) = self.insert_ignore();
+        let values = vec!["(?, ?, 0, ?)"; n].join(", ");
+        self.sql(&format!(
+            "{ins} imaged_claims (kind, unit_id, attempts, created_at) VALUES {values}{tail}"
+        ))
+    }
+
+    /// [`Catalog::claim`] on SQLite: rows created and claimed in one write
+    /// transaction, `MAX_IDS_PER_STATEMENT` ids per statement.
+    async fn claim_sqlite(
+        &self,
+        kind: ClaimKind,
+        ids: &[String],
+        owner: &ClaimOwner,
+        lease: Duration,
+    ) -> Result<Vec<String>> {
+        let now = utcnow();
+        let until = lease_end(now, lease);
+        let statements: Vec<_> = ids
+            .chunks(MAX_IDS_PER_STATEMENT)
+            .map(|chunk| {
+                let insert = self.claim_rows_insert(chunk.len());
+                let update = self.sql(&format!(
+                    "UPDATE imaged_claims SET owner = ?, lease_expires_at = ?, attempts = attempts + 1, updated_at = ? \
+                     WHERE kind = ? AND unit_id IN ({}) AND (owner IS NULL OR lease_expires_at < ?) \
+                     AND (next_attempt_at IS NULL OR next_attempt_at <= ?) RETURNING unit_id",
+                    Catalog::marks(chunk.len())
+                ));
+                (chunk, insert, update)
+            })
+            .collect();
+        let got: Vec<String> = on_pool!(&self.pool, p => {
+            let mut tx = p.begin_write().await?;
+            let mut got = Vec::new();
+            for (chunk, insert, update) in statements {
+                let mut q = sqlx::query(insert);
+                for id in chunk {
+                    q = q.bind(kind.as_str()).bind(id.as_str()).bind(Ts(now));
+                }
+                q.execute(&mut *tx).await?;
+                let mut q = sqlx::query_scalar(update)
+                    .bind(owner.as_str())
+                    .bind(Ts(until))
+                    .bind(Ts(now))
+                    .bind(kind.as_str());
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                let part: Vec<String> = q.bind(Ts(now)).bind(Ts(now)).fetch_all(&mut *tx).await?;
+                got.extend(part);
+            }
+            tx.commit().await?;
+            got
+        });
+        Ok(got)
+    }
+
+    /// [`Catalog::claim`] on PostgreSQL and MySQL/MariaDB, for one chunk.
     async fn claim_chunk(
         &self,
         kind: ClaimKind,
@@ -142,11 +212,7 @@ impl Catalog {
         }
         let now = utcnow();
         let until = lease_end(now, lease);
-        let (ins, tail) = self.insert_ignore();
-        let values = vec!["(?, ?, 0, ?)"; ids.len()].join(", ");
-        let insert = self.sql(&format!(
-            "{ins} imaged_claims (kind, unit_id, attempts, created_at) VALUES {values}{tail}"
-        ));
+        let insert = self.claim_rows_insert(ids.len());
         let marks = Catalog::marks(ids.len());
         let claimable = format!(
             "kind = ? AND unit_id IN ({marks}) AND (owner IS NULL OR lease_expires_at < ?) \
@@ -155,10 +221,6 @@ impl Catalog {
         let skip_locked = self.skip_locked;
         let select = self.sql(&format!(
             "SELECT unit_id FROM imaged_claims WHERE {claimable} ORDER BY unit_id FOR UPDATE SKIP LOCKED"
-        ));
-        let sqlite_update = self.sql(&format!(
-            "UPDATE imaged_claims SET owner = ?, lease_expires_at = ?, attempts = attempts + 1, updated_at = ? \
-             WHERE {claimable} RETURNING unit_id"
         ));
         let plain_select = self.sql(&format!(
             "SELECT unit_id FROM imaged_claims WHERE {claimable} ORDER BY unit_id FOR UPDATE"
@@ -173,17 +235,7 @@ impl Catalog {
             q.execute(p).await?;
 
             let mut tx = p.begin_write().await?;
-            let got: Vec<String> = if self.engine() == crate::Engine::Sqlite {
-                let mut q = sqlx::query_scalar(sqlite_update)
-                    .bind(owner.as_str())
-                    .bind(Ts(until))
-                    .bind(Ts(now))
-                    .bind(kind.as_str());
-                for id in ids {
-                    q = q.bind(id.as_str());
-                }
-                q.bind(Ts(now)).bind(Ts(now)).fetch_all(&mut *tx).await?
-            } else {
+            let got: Vec<String> = {
                 let mut q = sqlx::query_scalar(if skip_locked { select } else { plain_select })
                     .bind(kind.as_str());
                 for id in ids {

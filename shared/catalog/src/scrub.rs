@@ -368,6 +368,56 @@ impl Catalog {
         .await
     }
 
+    /// [`Catalog::finish_image`] for many images in one write transaction:
+    /// the images are locked, those still `pending_delete` without a
+    /// `pending_delete` location become `deleted` (`status` and
+    /// `updated_at` only, as Glance does). Returns the ids that did.
+    pub async fn finish_images(&self, image_ids: &[String]) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for chunk in image_ids.chunks(MAX_IDS_PER_STATEMENT) {
+            let part = self
+                .with_retry("finish images", || self.finish_chunk(chunk))
+                .await?;
+            done.extend(part);
+        }
+        Ok(done)
+    }
+
+    async fn finish_chunk(&self, ids: &[String]) -> Result<Vec<String>> {
+        let now = Ts(utcnow());
+        let lock = match self.engine() {
+            crate::Engine::Sqlite => "",
+            _ => " FOR UPDATE",
+        };
+        let due = "status = 'pending_delete' AND NOT EXISTS (SELECT 1 FROM image_locations l \
+                   WHERE l.image_id = images.id AND l.status = 'pending_delete')";
+        let marks = Catalog::marks(ids.len());
+        let select = self.sql(&format!(
+            "SELECT id FROM images WHERE id IN ({marks}) AND {due} ORDER BY id{lock}"
+        ));
+        Ok(on_pool!(&self.pool, p => {
+            let mut tx = p.begin_write().await?;
+            let mut q = sqlx::query_scalar(select);
+            for id in ids {
+                q = q.bind(id.as_str());
+            }
+            let picked: Vec<String> = q.fetch_all(&mut *tx).await?;
+            if !picked.is_empty() {
+                let upd = self.sql(&format!(
+                    "UPDATE images SET status = 'deleted', updated_at = ? WHERE id IN ({}) AND {due}",
+                    Catalog::marks(picked.len())
+                ));
+                let mut q = sqlx::query(upd).bind(now);
+                for id in &picked {
+                    q = q.bind(id.as_str());
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            picked
+        }))
+    }
+
     /// `pending_delete` images with no `pending_delete` location left
     /// (interrupted scrubs, purged location rows), after `after` in id order.
     pub async fn stuck_images(&self, after: &str, limit: u32) -> Result<Vec<String>> {
