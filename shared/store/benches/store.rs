@@ -4,12 +4,18 @@
 //! `IMAGED_BENCH_DIR` (default: the system temp dir; the directory must be on the filesystem
 //! being measured), `IMAGED_BENCH_SIZE_MIB` (default 1024), `IMAGED_BENCH_RUNS` (default 5),
 //! `IMAGED_BENCH_FILES` (default 10000), `IMAGED_BENCH_DELETE_CONCURRENCY` (default 16),
-//! `IMAGED_BENCH_CHUNK_KIB` (default: the backend's default chunk size).
+//! `IMAGED_BENCH_CHUNK_KIB` (default: the backend's default chunk size), `IMAGED_BENCH_DIRECT_IO`
+//! (default 1; 0 writes through the page cache as before direct I/O).
 //!
 //! Each figure is the median of the runs; runs of imaged and of coreutils alternate so that
 //! both see the same page-cache and disk state. imaged's write fsyncs the file and directory
 //! before returning, so it is compared with `cp` followed by `sync <file>` (same durability);
 //! plain `cp` is reported too.
+//!
+//! CPU time (user + system, from `getrusage`) is reported for the durable writes: this process's
+//! own for imaged's write (every thread: source reads, chunking and the writer), the waited-for
+//! children's for `cp` + `sync`. Kernel write-back done by flusher threads is charged to
+//! neither, so it is the CPU the writer takes from other work on the machine.
 
 use std::path::Path;
 use std::process::Command;
@@ -56,6 +62,19 @@ fn make_source(path: &Path, mib: usize) {
     f.into_inner().unwrap().sync_all().unwrap();
 }
 
+/// User and system CPU time of this process (`RUSAGE_SELF`) or of its waited-for children.
+fn cpu(who: nix::sys::resource::UsageWho) -> (Duration, Duration) {
+    let u = nix::sys::resource::getrusage(who).expect("getrusage");
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    (d(u.user_time()), d(u.system_time()))
+}
+
+fn cpu_delta(before: (Duration, Duration), after: (Duration, Duration)) -> (Duration, Duration) {
+    (after.0 - before.0, after.1 - before.1)
+}
+
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
 }
@@ -80,6 +99,7 @@ async fn main() {
             default_store: BackendType::File,
             filesystem: Some(FilesystemOptions {
                 chunk_size: env_usize("IMAGED_BENCH_CHUNK_KIB", 0) * 1024,
+                direct_io: env_usize("IMAGED_BENCH_DIRECT_IO", 1) != 0,
                 ..FilesystemOptions::with_datadir(&datadir)
             }),
             s3: None,
@@ -100,15 +120,22 @@ async fn main() {
     make_source(&src, size_mib);
     let bytes = std::fs::metadata(&src).unwrap().len();
 
+    use nix::sys::resource::UsageWho::{RUSAGE_CHILDREN, RUSAGE_SELF};
     let (mut t_write, mut t_cp, mut t_cp_sync) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut u_write, mut s_write, mut u_cps, mut s_cps) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut t_read, mut t_cp_read) = (Vec::new(), Vec::new());
     for i in 0..runs {
         // imaged write (fsync + rename + directory fsync).
         let id = format!("img-{i}");
         let start = Instant::now();
+        let cpu_start = cpu(RUSAGE_SELF);
         let f = tokio::fs::File::open(&src).await.unwrap();
         let w = store.write(&id, f, WriteOptions::default()).await.unwrap();
         t_write.push(start.elapsed());
+        let (u, s) = cpu_delta(cpu_start, cpu(RUSAGE_SELF));
+        u_write.push(u);
+        s_write.push(s);
         assert_eq!(w.size, bytes);
 
         // cp, then cp + sync of the copy.
@@ -119,12 +146,19 @@ async fn main() {
         std::fs::remove_file(&dst).unwrap();
         run(Command::new("sync").arg("-f").arg(&cpdir));
         let start = Instant::now();
+        let cpu_start = cpu(RUSAGE_CHILDREN);
         run(Command::new("cp").arg(&src).arg(&dst));
         run(Command::new("sync").arg(&dst));
         t_cp_sync.push(start.elapsed());
+        let (u, s) = cpu_delta(cpu_start, cpu(RUSAGE_CHILDREN));
+        u_cps.push(u);
+        s_cps.push(s);
 
-        // Reads of the written image: imaged stream vs cp to /dev/null.
+        // Reads of the written image: imaged stream vs cp to /dev/null, both from the page
+        // cache (a direct write leaves the image out of it, so it is read once untimed).
         let loc = Location::new(&w.url);
+        let img = datadir.join(&id);
+        run(Command::new("cp").arg(&img).arg("/dev/null"));
         let start = Instant::now();
         let mut s = store.open_read(&loc).await.unwrap();
         let mut n = 0u64;
@@ -133,7 +167,6 @@ async fn main() {
         }
         t_read.push(start.elapsed());
         assert_eq!(n, bytes);
-        let img = datadir.join(&id);
         let start = Instant::now();
         run(Command::new("cp").arg(&img).arg("/dev/null"));
         t_cp_read.push(start.elapsed());
@@ -142,8 +175,17 @@ async fn main() {
         std::fs::remove_file(&dst).unwrap();
         run(Command::new("sync").arg("-f").arg(&cpdir));
         eprintln!(
-            "run {i}: write {:?} cp {:?} cp+sync {:?} read {:?} cp-read {:?}",
-            t_write[i], t_cp[i], t_cp_sync[i], t_read[i], t_cp_read[i]
+            "run {i}: write {:?} (user {:?}, sys {:?}) cp {:?} cp+sync {:?} (user {:?}, sys {:?}) \
+             read {:?} cp-read {:?}",
+            t_write[i],
+            u_write[i],
+            s_write[i],
+            t_cp[i],
+            t_cp_sync[i],
+            u_cps[i],
+            s_cps[i],
+            t_read[i],
+            t_cp_read[i]
         );
     }
 
@@ -213,6 +255,12 @@ async fn main() {
 
     let (w, cp, cps) = (median(t_write), median(t_cp), median(t_cp_sync));
     let (r, cpr) = (median(t_read), median(t_cp_read));
+    let (uw, sw, uc, sc) = (
+        median(u_write),
+        median(s_write),
+        median(u_cps),
+        median(s_cps),
+    );
     let (ds, d, rm) = (median(t_seq), median(t_del), median(t_rm));
     let per_s = |dur: Duration| files as f64 / dur.as_secs_f64();
     println!("| measurement | imaged | coreutils | ratio (imaged / coreutils throughput) |");
@@ -224,6 +272,15 @@ async fn main() {
         cps.as_secs_f64(),
         mib_per_s(bytes, cps),
         cps.as_secs_f64() / w.as_secs_f64()
+    );
+    println!(
+        "| CPU of the durable write (user + sys) vs `cp` + `sync FILE` | {:.3} s + {:.3} s | {:.3} s + {:.3} s | {:.2} (sys only: {:.2}) |",
+        uw.as_secs_f64(),
+        sw.as_secs_f64(),
+        uc.as_secs_f64(),
+        sc.as_secs_f64(),
+        (uc + sc).as_secs_f64() / (uw + sw).as_secs_f64(),
+        sc.as_secs_f64() / sw.as_secs_f64()
     );
     println!(
         "| write {size_mib} MiB (fsync) vs plain `cp` (no fsync) | {:.3} s | {:.3} s ({:.0} MiB/s) | {:.2} |",

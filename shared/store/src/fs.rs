@@ -12,9 +12,13 @@
 //! blocking thread, fsync the file, rename it to `<image id>` without replacing an existing file
 //! (`renameat2(RENAME_NOREPLACE)`), then fsync the directory. A writer killed at any point leaves
 //! at most a hidden temporary file, never a partial file under the final name.
+//!
+//! Image data is written with direct I/O where the filesystem allows it (see [`crate::direct`]):
+//! a durable write has to reach the disk anyway, and bypassing the page cache saves the CPU of
+//! copying every byte into it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,6 +29,7 @@ use futures::StreamExt;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
+use crate::direct::{DirectSink, Faults};
 use crate::error::{ErrorKind, StoreError};
 use crate::options::{DEFAULT_CHUNK_SIZE, FilesystemOptions, Timeouts};
 use crate::stream::{Chunker, ReadStream, WriteOptions, with_stall_timeout};
@@ -61,6 +66,7 @@ pub struct FsBackend {
     dirs: Vec<DataDir>,
     file_perm: u32,
     chunk: usize,
+    direct_io: bool,
     timeouts: Timeouts,
 }
 
@@ -115,6 +121,7 @@ impl FsBackend {
             } else {
                 opts.chunk_size
             },
+            direct_io: opts.direct_io,
             timeouts,
         })
     }
@@ -271,6 +278,9 @@ impl FsBackend {
             temp_name,
             final_name,
             file_perm,
+            direct_io: self.direct_io,
+            chunk: self.chunk,
+            faults: Faults::default(),
             what,
         };
         let writer =
@@ -335,7 +345,7 @@ impl FsBackend {
             )
         });
         fed?;
-        let size = written??;
+        let size = written??.size;
         debug_assert_eq!(size, chunker.total());
         Ok((url, size))
     }
@@ -620,8 +630,26 @@ struct WriteJob {
     temp_name: String,
     final_name: String,
     file_perm: u32,
+    /// Write with `O_DIRECT` where the filesystem allows it.
+    direct_io: bool,
+    /// Size of the chunks that arrive.
+    chunk: usize,
+    /// Injected failures (tests only; none in production).
+    faults: Faults,
     /// The location URL, for messages.
     what: String,
+}
+
+/// What the writer thread did, for the caller and for tests.
+#[derive(Debug)]
+struct Finished {
+    size: u64,
+    /// Bytes written with `O_DIRECT`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    direct_bytes: u64,
+    /// Why the write went through the page cache although direct I/O was asked for.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fallback: Option<String>,
 }
 
 fn write_thread(
@@ -629,12 +657,15 @@ fn write_thread(
     mut rx: mpsc::Receiver<Bytes>,
     commit: tokio::sync::oneshot::Receiver<()>,
     state: &Mutex<Publish>,
-) -> Result<u64, StoreError> {
+) -> Result<Finished, StoreError> {
     let WriteJob {
         dir,
         temp_name,
         final_name,
         file_perm,
+        direct_io,
+        chunk,
+        faults,
         what,
     } = job;
     let (temp_name, final_name, file_perm) = (temp_name.as_str(), final_name.as_str(), *file_perm);
@@ -647,7 +678,7 @@ fn write_thread(
             format!("{what} already exists"),
         ));
     }
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -655,7 +686,9 @@ fn write_thread(
         .open(&temp_path)
         .map_err(|e| io_err("creating a temporary file for", &e))?;
     let result = (|| {
-        // A helper thread starts write-back of what is already written (fdatasync on a
+        let mut sink = DirectSink::new(&file, what, *direct_io, *chunk, *faults)
+            .map_err(|e| io_err("starting the direct I/O thread for", &e))?;
+        // For buffered writes, a helper thread starts write-back of what is already written (fdatasync on a
         // duplicate descriptor) while this thread keeps writing, so the final fsync has little
         // left to flush. Its errors are collected: on Linux a write-back error is reported to
         // only one fsync caller of the shared open file.
@@ -673,15 +706,22 @@ fn write_thread(
         let mut size = 0u64;
         let mut write_err = None;
         while let Some(chunk) = rx.blocking_recv() {
-            if let Err(e) = file.write_all(&chunk) {
+            if let Err(e) = sink.write(&chunk) {
                 write_err = Some(io_err("writing", &e));
                 break;
             }
             let before = size / FLUSH_EVERY;
             size += chunk.len() as u64;
-            if size / FLUSH_EVERY != before {
+            // Direct writes leave nothing in the page cache to write back.
+            if size / FLUSH_EVERY != before && !sink.is_direct() {
                 let _ = flush_tx.send(());
             }
+        }
+        // The sender is gone: either the stream ended (commit sent) or the caller gave up, in
+        // which case the staged tail is not worth writing.
+        let committed = write_err.is_none() && commit.blocking_recv().is_ok();
+        if committed && let Err(e) = sink.finish() {
+            write_err = Some(io_err("writing", &e));
         }
         drop(flush_tx);
         let flushed = flusher.join();
@@ -699,8 +739,7 @@ fn write_thread(
                 ));
             }
         }
-        // The sender is gone: either the stream ended (commit sent) or the caller gave up.
-        if commit.blocking_recv().is_err() {
+        if !committed {
             return Err(StoreError::new(
                 crate::error::ErrorClass::Transient,
                 ErrorKind::Io,
@@ -745,10 +784,233 @@ fn write_thread(
         if let Err(e) = dir_fd.sync_all() {
             tracing::warn!(location = %what, "syncing the data directory after publishing: {e}");
         }
-        Ok(size)
+        Ok(Finished {
+            size,
+            direct_bytes: sink.direct_bytes(),
+            fallback: sink.fallback().map(str::to_owned),
+        })
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp_path);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer thread with real files, looking at what went to disk directly: the
+    //! integration tests see only the result, not which path the bytes took.
+
+    use super::*;
+    use crate::direct::ALIGN;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 131 % 253) as u8).collect()
+    }
+
+    fn list(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Runs `write_thread` as `FsBackend::write` does, feeding `data` in `chunk`-sized pieces;
+    /// `commit` false plays a caller that gave up after sending everything.
+    fn run_writer(
+        dir: &Path,
+        data: &[u8],
+        chunk: usize,
+        direct_io: bool,
+        faults: Faults,
+        commit: bool,
+    ) -> Result<Finished, StoreError> {
+        let job = WriteJob {
+            dir: dir.to_owned(),
+            temp_name: format!(".img{TEMP_MARKER}test"),
+            final_name: "img".into(),
+            file_perm: 0,
+            direct_io,
+            chunk,
+            faults,
+            what: format!("file://{}/img", dir.display()),
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let (commit_tx, commit_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = Mutex::new(Publish::Pending);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| write_thread(&job, rx, commit_rx, &state));
+            for piece in data.chunks(chunk) {
+                if tx.blocking_send(Bytes::copy_from_slice(piece)).is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            if commit {
+                let _ = commit_tx.send(());
+            } else {
+                drop(commit_tx);
+            }
+            writer.join().unwrap()
+        })
+    }
+
+    /// Whether the filesystem holding `dir` accepts `O_DIRECT` at all.
+    fn allows_direct(dir: &Path) -> bool {
+        let f = File::create(dir.join("probe")).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_retain(
+            nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).unwrap(),
+        );
+        let ok = nix::fcntl::fcntl(
+            &f,
+            nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_DIRECT),
+        )
+        .is_ok();
+        fs::remove_file(dir.join("probe")).unwrap();
+        ok
+    }
+
+    /// Whether the filesystem holding `dir` rejects a direct write from a misaligned buffer
+    /// (real block filesystems do; tmpfs, whose O_DIRECT is the page cache, does not).
+    fn rejects_misaligned(dir: &Path) -> bool {
+        if !allows_direct(dir) {
+            return false;
+        }
+        let path = dir.join("probe");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        let buf = vec![7u8; 3 * ALIGN];
+        let skew = (ALIGN - buf.as_ptr().addr() % ALIGN) % ALIGN + 1;
+        let res = std::io::Write::write(&mut f, &buf[skew..skew + ALIGN]);
+        fs::remove_file(&path).unwrap();
+        matches!(res, Err(e) if e.raw_os_error() == Some(libc::EINVAL))
+    }
+
+    #[test]
+    fn whole_blocks_go_direct_and_the_tail_through_the_page_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let direct = allows_direct(tmp.path());
+        for (size, chunk) in [
+            (0, 4096),
+            (1, 4096),
+            (4095, 4096),
+            (4096, 4096),
+            (4097, 4096),
+            ((1 << 20) + 123, 1 << 20),
+            (3 * (1 << 20) + 4097, 5000),
+            (2 * (1 << 20) + 1, 3 << 20),
+        ] {
+            let data = pattern(size);
+            let done = run_writer(tmp.path(), &data, chunk, true, Faults::default(), true)
+                .unwrap_or_else(|e| panic!("{size} bytes in {chunk}-byte chunks: {e}"));
+            assert_eq!(done.size, size as u64);
+            let whole = (size / ALIGN * ALIGN) as u64;
+            if direct {
+                assert_eq!(done.direct_bytes, whole, "{size}/{chunk}");
+                assert_eq!(done.fallback, None, "{size}/{chunk}");
+            } else {
+                assert_eq!(done.direct_bytes, 0, "{size}/{chunk}");
+                assert!(done.fallback.is_some(), "{size}/{chunk}");
+            }
+            let img = tmp.path().join("img");
+            assert!(fs::read(&img).unwrap() == data, "{size}/{chunk}: content");
+            fs::remove_file(img).unwrap();
+        }
+        assert!(list(tmp.path()).is_empty(), "{:?}", list(tmp.path()));
+    }
+
+    /// A real EINVAL from the kernel: the staging buffer starts one byte past an aligned
+    /// address, which block filesystems refuse for direct I/O. The refused first write must be
+    /// repeated through the page cache and the rest follow it there, with nothing lost.
+    #[test]
+    fn refused_direct_write_falls_back_without_losing_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let refuses = rejects_misaligned(tmp.path());
+        let faults = Faults {
+            buffer_skew: 1,
+            ..Faults::default()
+        };
+        let data = pattern(3 * (1 << 20) + 777);
+        let done = run_writer(tmp.path(), &data, 1 << 20, true, faults, true).unwrap();
+        assert_eq!(done.size, data.len() as u64);
+        if refuses {
+            assert_eq!(done.direct_bytes, 0);
+            let why = done.fallback.expect("the fallback is reported");
+            assert!(why.contains("offset 0 was refused"), "{why}");
+        } else {
+            assert_eq!(done.fallback, None);
+        }
+        assert!(fs::read(tmp.path().join("img")).unwrap() == data);
+        assert_eq!(list(tmp.path()), vec!["img".to_string()]);
+    }
+
+    /// A filesystem that refuses `O_DIRECT` (simulated: tmpfs accepts it on current kernels)
+    /// is written through the page cache, with periodic write-back, past several flush points.
+    #[test]
+    fn filesystem_refusing_o_direct_is_written_buffered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let faults = Faults {
+            refuse_direct: true,
+            ..Faults::default()
+        };
+        let data = pattern(2 * FLUSH_EVERY as usize + 4097);
+        let done = run_writer(tmp.path(), &data, 1 << 20, true, faults, true).unwrap();
+        assert_eq!(done.size, data.len() as u64);
+        assert_eq!(done.direct_bytes, 0);
+        let why = done.fallback.expect("the fallback is reported");
+        assert!(why.contains("refuses O_DIRECT"), "{why}");
+        assert!(fs::read(tmp.path().join("img")).unwrap() == data);
+    }
+
+    #[test]
+    fn direct_io_off_never_sets_o_direct() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pattern((1 << 20) + 5);
+        let done = run_writer(tmp.path(), &data, 4096, false, Faults::default(), true).unwrap();
+        assert_eq!(done.direct_bytes, 0);
+        assert_eq!(done.fallback, None);
+        assert!(fs::read(tmp.path().join("img")).unwrap() == data);
+    }
+
+    /// A device error on the direct I/O thread fails the write with that error, and the
+    /// temporary file goes.
+    #[test]
+    fn direct_write_error_fails_the_write_and_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let direct = allows_direct(tmp.path());
+        for fail in [0, 2] {
+            let faults = Faults {
+                fail_buffer: Some(fail),
+                ..Faults::default()
+            };
+            let data = pattern(5 * (1 << 20) + 1);
+            let res = run_writer(tmp.path(), &data, 5000, true, faults, true);
+            if !direct {
+                // Without direct I/O there is no I/O thread to fail: written buffered.
+                assert_eq!(res.unwrap().size, data.len() as u64);
+                fs::remove_file(tmp.path().join("img")).unwrap();
+                continue;
+            }
+            let err = res.unwrap_err();
+            assert_eq!(err.class(), crate::ErrorClass::Transient, "{err}");
+            assert!(err.to_string().contains("Input/output error"), "{err}");
+            assert!(list(tmp.path()).is_empty(), "{:?}", list(tmp.path()));
+        }
+    }
+
+    /// A caller that gives up after direct writes have reached the disk leaves no file behind.
+    #[test]
+    fn abandoned_direct_write_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pattern(3 * (1 << 20) + 99);
+        let err = run_writer(tmp.path(), &data, 5000, true, Faults::default(), false).unwrap_err();
+        assert!(err.to_string().contains("aborted"), "{err}");
+        assert!(list(tmp.path()).is_empty(), "{:?}", list(tmp.path()));
+    }
 }

@@ -9,6 +9,7 @@
 //! (through `object_store`), and read-only http(s). rbd, swift, cinder and vsphere locations
 //! are parsed and answer a permanent "backend not supported by imaged yet" error.
 
+mod direct;
 mod error;
 mod fs;
 mod http;
