@@ -108,7 +108,7 @@ pub struct MultiHasher {
 fn spawn(md5: bool, secure: Option<HashAlgo>) -> Worker {
     // A short queue bounds memory (a few chunks) while letting the
     // downloader run ahead of the hash for a moment.
-    let (tx, rx) = sync_channel::<Bytes>(8);
+    let (tx, rx) = sync_channel::<Bytes>(4);
     let handle = std::thread::Builder::new()
         .name("imaged-hash".into())
         .spawn(move || {
