@@ -396,3 +396,27 @@ pub fn qemu_create(dir: &Path, name: &str, fmt: &str, opts: &[&str], size: &str)
     );
     std::fs::read(&path).unwrap()
 }
+
+/// Runs `qemu-io` commands (such as `write -P 0xa5 0 1M`) on an image.
+pub fn qemu_io(path: &Path, fmt: &str, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", fmt]);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    let out = c.arg(path).output().expect("run qemu-io");
+    // qemu-io reports a failed command on stderr but may still exit 0.
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "qemu-io {cmds:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `data` as a gzip stream.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod api_import;
 mod concurrency;
 mod failures;
 mod import_ok;

@@ -1,4 +1,5 @@
-//! The queue loop: claims `import` tasks with a lease, runs up to the
+//! The queue loop: claims `import` and `api_image_import` tasks with a
+//! lease (the second kind runs in [`crate::api_import`]), runs up to the
 //! configured number at once, heartbeats each one (renewing the lease,
 //! bumping `tasks.updated_at` and writing the progress line to
 //! `task_info.message`), ends each in `success` or `failure` with
@@ -27,7 +28,7 @@ use crate::import::{self, ImportFailure, TaskContext, WORK_FILE_PREFIX};
 use crate::settings::Settings;
 
 /// Task types this executor claims.
-pub const HANDLED_TYPES: &[&str] = &["import"];
+pub const HANDLED_TYPES: &[&str] = &["import", crate::api_import::TASK_TYPE];
 
 /// Longest time between expiry sweeps and orphan clean-ups.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -212,6 +213,7 @@ impl Executor {
         if let Some(dir) = &s.work_dir {
             self.clean_work_dir(dir).await;
         }
+        crate::api_import::clean_staging(&self.catalog, &s).await;
         match self.store.remove_stale_temp_files(s.lease).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -364,7 +366,13 @@ impl Executor {
         };
         if attempts > 1 {
             tracing::info!(task_id = %id, attempts, "taking over a task whose previous attempt did not finish");
-            if let Err(e) = import::clean_previous_attempt(&self.catalog, &self.store, &id).await {
+            // An interoperable import's image belongs to the user: its next
+            // attempt resumes under the same lock instead of a clean-up.
+            let cleaned = match task.task_type.as_str() {
+                crate::api_import::TASK_TYPE => Ok(0),
+                _ => import::clean_previous_attempt(&self.catalog, &self.store, &id).await,
+            };
+            if let Err(e) = cleaned {
                 tracing::warn!(task_id = %id, error = %e, "cannot clean the previous attempt; will retry");
                 let _ = self
                     .catalog
@@ -379,6 +387,9 @@ impl Executor {
                  the partial import was removed",
                 attempts - 1
             );
+            if task.task_type == crate::api_import::TASK_TYPE {
+                crate::api_import::abandon(&self.catalog, &self.store, &task, &s).await;
+            }
             return self.finish(&id, Err(ImportFailure::Failed(msg)), &s).await;
         }
         tracing::info!(task_id = %id, attempt = attempts, "running import task");
@@ -401,7 +412,10 @@ impl Executor {
             ctx.cancel.clone(),
             lost.clone(),
         ));
-        let result = import::run_import(&ctx, &task).await;
+        let result = match task.task_type.as_str() {
+            crate::api_import::TASK_TYPE => crate::api_import::run(&ctx, &task).await,
+            _ => import::run_import(&ctx, &task).await,
+        };
         beat.abort();
         if result.is_ok() {
             self.task_metrics

@@ -10,21 +10,27 @@
 //!
 //! * [`settings`] — the typed options the executor reads (live on reload).
 //! * [`executor`] — the queue loop: claim, run, heartbeat, take over, expire.
+//! * [`api_import`] — the interoperable `api_image_import` task: the import
+//!   lock, staging, plugins, uploads to several stores, Glance's store lists.
 //! * [`import`] — the legacy `import` task: create the image, stream the data
 //!   with single-pass hashing and size enforcement, inspect, convert, store.
 //! * [`fetch`] — download safety: URL filtering, redirects, address checks.
 //! * [`inspect`] — disk-format detection and the safety checks behind the
 //!   qcow2/VMDK CVEs.
+//! * [`plugins`] — the import plugins of interoperable import
+//!   (decompression, conversion, metadata injection) on staged data.
 //! * [`qemu`] — bounded `qemu-img info` / `convert` calls.
 //! * [`hashing`] — MD5 plus the configured secure hash, off the async runtime.
 //! * [`cli`] — the verbs of the `imaged-tasks` binary.
 
+pub mod api_import;
 pub mod cli;
 pub mod executor;
 pub mod fetch;
 pub mod hashing;
 pub mod import;
 pub mod inspect;
+pub mod plugins;
 pub mod qemu;
 pub mod settings;
 

@@ -51,6 +51,16 @@ pub struct Settings {
     pub vmdk_allowed_types: Vec<String>,
     /// `[image_format] require_image_format_match`.
     pub require_image_format_match: bool,
+    /// `[image_format] gpt_safety_checks_nonfatal`: GPT checks that only warn.
+    pub gpt_safety_checks_nonfatal: Vec<String>,
+    /// `[image_import_opts] image_import_plugins`, in the order they run.
+    pub image_import_plugins: Vec<String>,
+    /// `[image_conversion] output_format`: the image_conversion plugin's target.
+    pub conversion_output_format: String,
+    /// `[inject_metadata_properties] ignore_user_roles`.
+    pub inject_ignore_user_roles: Vec<String>,
+    /// `[inject_metadata_properties] inject`, in the order written.
+    pub inject_properties: Vec<(String, String)>,
     /// `[DEFAULT] image_property_quota`; negative = unlimited.
     pub image_property_quota: i64,
     /// `[DEFAULT] image_tag_quota`; negative = unlimited.
@@ -67,6 +77,8 @@ pub struct Settings {
     pub user_agent: String,
     /// `[imaged] shutdown_timeout`.
     pub shutdown_timeout: Duration,
+    /// The interoperable import's options (staging area, stores, methods).
+    pub api_import: crate::api_import::ApiImportSettings,
 }
 
 fn int(config: &Config, section: &str, name: &str, default: i64) -> i64 {
@@ -155,6 +167,15 @@ impl Settings {
             container_formats: t.container_formats.clone(),
             vmdk_allowed_types: t.vmdk_allowed_types.clone(),
             require_image_format_match: t.require_image_format_match,
+            gpt_safety_checks_nonfatal: t.gpt_safety_checks_nonfatal.clone(),
+            image_import_plugins: t.image_import_plugins.clone(),
+            conversion_output_format: if t.conversion_output_format.is_empty() {
+                "raw".to_string()
+            } else {
+                t.conversion_output_format.clone()
+            },
+            inject_ignore_user_roles: t.inject_ignore_user_roles.clone(),
+            inject_properties: t.inject_properties.clone(),
             image_property_quota: int(config, "DEFAULT", "image_property_quota", 128),
             image_tag_quota: int(config, "DEFAULT", "image_tag_quota", 128),
             allow_additional_image_properties: boolean(
@@ -169,6 +190,7 @@ impl Settings {
             user_agent: text(config, "imaged_tasks", "user_agent")
                 .unwrap_or_else(|| DEFAULT_USER_AGENT.to_string()),
             shutdown_timeout: config.process().shutdown_timeout,
+            api_import: crate::api_import::ApiImportSettings::from_config(config),
         })
     }
 

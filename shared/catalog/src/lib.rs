@@ -8,6 +8,10 @@
 //!   its creation and verification, and imaged's additive `imaged_*` tables.
 //! * [`scrub`] (with its batched writes in [`scrub_batch`]), [`tasks`], [`images`] and [`cache`] are the typed operations
 //!   the daemons call; [`claims`] is the lease protocol they share.
+//! * [`api_import`] holds the interoperable import's catalog side: the
+//!   `os_glance_import_task` lock (taken, checked and taken over with
+//!   compare-and-set), the `os_glance_*` store lists and the image updates
+//!   made under the lock.
 //! * [`delayed_delete`] writes what Glance's API writes when it deletes an
 //!   image with `delayed_delete = True` (for the quick start and tests).
 //! * [`stats`] holds the cheap reads of the daemons' `/healthz` and
@@ -18,6 +22,7 @@
 //! Design notes (driver choice, claims, batching) are in the module docs of
 //! [`db`] and [`claims`] and in the crate README.
 
+pub mod api_import;
 pub mod cache;
 pub mod claims;
 pub mod crypt;

@@ -246,6 +246,10 @@ pub struct TaskSettings {
     pub image_import_plugins: Vec<String>,
     /// Parallel store copies.
     pub max_parallel_stores: u32,
+    /// `[inject_metadata_properties] ignore_user_roles`.
+    pub inject_ignore_user_roles: Vec<String>,
+    /// `[inject_metadata_properties] inject`, in the order written.
+    pub inject_properties: Vec<(String, String)>,
     /// Web-download filtering.
     pub import_filtering: ImportFiltering,
 }
@@ -552,6 +556,11 @@ impl Config {
             conversion_output_format: self.string("image_conversion", "output_format"),
             image_import_plugins: self.list("image_import_opts", "image_import_plugins"),
             max_parallel_stores: self.uint("image_import_opts", "max_parallel_stores"),
+            inject_ignore_user_roles: self.list("inject_metadata_properties", "ignore_user_roles"),
+            inject_properties: match self.value("inject_metadata_properties", "inject") {
+                Some(Value::Dict(d)) => d.clone(),
+                _ => Vec::new(),
+            },
             import_filtering: ImportFiltering {
                 allowed_schemes: self.list(f, "allowed_schemes"),
                 disallowed_schemes: self.list(f, "disallowed_schemes"),

@@ -99,7 +99,9 @@ pub use config::{
 };
 pub use error::{ConfigErrors, Diagnostic, Error, Origin};
 pub use load::{DEFAULT_CONFIG_DIR, ENV_PREFIX, LoadRequest, Loaded, env_var_name, load, mask_url};
-pub use options::{Daemon, Daemons, DefSource, Kind, OptionDef};
+pub use options::{
+    Daemon, Daemons, DefSource, IMPORT_PLUGINS, Kind, OptionDef, RESERVED_PROPERTY_PREFIX,
+};
 pub use reload::{Change, ReloadPlan, diff};
 pub use render::{render_option_table_markdown, render_sample, render_show};
 pub use value::{Schedule, Value};

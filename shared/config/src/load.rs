@@ -751,6 +751,9 @@ impl Loader<'_> {
                 ));
             }
         }
+        if daemon == Daemon::Tasks {
+            found.extend(import_plugin_checks(config, &failed));
+        }
         let store = config.glance_store();
         if !store.enabled_backends.is_empty()
             && let Some(b) = &store.default_backend
@@ -776,6 +779,53 @@ impl Loader<'_> {
         }
         self.errors.extend(found);
     }
+}
+
+/// The task executor's import plugin options: every name in `image_import_plugins` must be a
+/// plugin imaged implements (Glance would only fail the first import that loads it), and
+/// `inject` may not name a reserved `os_glance*` property, which no import may write.
+fn import_plugin_checks(config: &Config, failed: &dyn Fn(&str, &str) -> bool) -> Vec<Diagnostic> {
+    let mut found = Vec::new();
+    let origin = |s: &str, n: &str| config.origin(s, n).cloned().unwrap_or(Origin::Default);
+    let task = config.task();
+    let (s, n) = ("image_import_opts", "image_import_plugins");
+    if !failed(s, n) {
+        for name in &task.image_import_plugins {
+            if options::IMPORT_PLUGINS.contains(&name.as_str()) {
+                continue;
+            }
+            let hint = suggest(name, options::IMPORT_PLUGINS.iter().copied())
+                .map(|c| format!("; did you mean {c:?}?"))
+                .unwrap_or_default();
+            found.push(
+                Diagnostic::new(format!(
+                    "unknown import plugin {name:?}; imaged implements {}{hint}",
+                    options::IMPORT_PLUGINS.join(", ")
+                ))
+                .option(s, n)
+                .value(name.clone())
+                .at(origin(s, n)),
+            );
+        }
+    }
+    let (s, n) = ("inject_metadata_properties", "inject");
+    if !failed(s, n) {
+        for (key, _) in &task.inject_properties {
+            if key.starts_with(options::RESERVED_PROPERTY_PREFIX) {
+                found.push(
+                    Diagnostic::new(format!(
+                        "property {key:?} is reserved: keys starting with {} are set only by \
+                         Glance itself and are never injected",
+                        options::RESERVED_PROPERTY_PREFIX
+                    ))
+                    .option(s, n)
+                    .value(key.clone())
+                    .at(origin(s, n)),
+                );
+            }
+        }
+    }
+    found
 }
 
 /// Replace the password of `scheme://user:password@host…` URLs with `****`.

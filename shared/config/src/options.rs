@@ -322,6 +322,19 @@ impl OptionDef {
     }
 }
 
+/// The import plugins `[image_import_opts] image_import_plugins` may name (Glance's
+/// `glance.image_import.plugins` entry points); the task executor implements each of them.
+pub const IMPORT_PLUGINS: [&str; 4] = [
+    "image_decompression",
+    "image_conversion",
+    "inject_image_metadata",
+    "no_op",
+];
+
+/// Prefix of the image properties only Glance itself may set (`GLANCE_RESERVED_NS`); the API
+/// refuses them from users and import plugins never write them.
+pub const RESERVED_PROPERTY_PREFIX: &str = "os_glance";
+
 /// Every option, reference first, then the extra ones.
 pub fn all() -> impl Iterator<Item = &'static OptionDef> {
     REFERENCE.iter().chain(EXTRA.iter())
@@ -731,11 +744,18 @@ static EXTRA: &[OptionDef] = &[
         "Disk format the image_conversion import plugin converts to.")
         .used(T).live().glance("glance/async_/flows/plugins/image_conversion.py"),
     opt("image_import_opts", "image_import_plugins", Kind::List, Some(""),
-        "Import plugins run, in order, during interoperable import.")
+        "Import plugins run, in order, on the staged data of an interoperable import (not for copy-image): image_decompression, image_conversion, inject_image_metadata, no_op. Put image_decompression before image_conversion. An unknown name is a configuration error.")
         .used(T).live().glance("glance/async_/flows/api_image_import.py"),
     opt("image_import_opts", "max_parallel_stores", Kind::Int { min: Some(1), max: None }, Some("1"),
         "Stores an import copies to in parallel; 1 copies one store after another.")
         .used(T).live().glance("glance/async_/flows/api_image_import.py"),
+    opt("inject_metadata_properties", "ignore_user_roles", Kind::List, Some("admin"),
+        "Roles whose holders' imports do not get the inject_image_metadata properties.")
+        .used(T).live().glance("glance/async_/flows/plugins/inject_image_metadata.py")
+        .note("Glance's task input does not record the importing user's roles, so imaged injects into every import whose roles it cannot know."),
+    opt("inject_metadata_properties", "inject", Kind::Dict, Some(""),
+        "Properties the inject_image_metadata import plugin sets on imported images, as key:value pairs (e.g. inject = property1:value1,property2:value2). Keys starting with os_glance are reserved and refused.")
+        .used(T).live().glance("glance/async_/flows/plugins/inject_image_metadata.py"),
     // --- imaged's own options ---
     opt("imaged", "metrics_bind", Kind::HostPort, None,
         "Address (host:port) of the HTTP endpoint serving Prometheus /metrics and /healthz in `run` mode; unset turns it off.")
