@@ -8,6 +8,7 @@
 //! postgres, mysql), `IMAGED_BENCH_IMAGES` (100000 for SQLite),
 //! `IMAGED_BENCH_SERVER_IMAGES` (10000 for PostgreSQL/MySQL),
 //! `IMAGED_BENCH_RUNS` (3), `IMAGED_BENCH_DIR` (system temp dir),
+//! `IMAGED_BENCH_POOL` (1: `scrub_pool_size` of the measured runs),
 //! `IMAGED_BENCH_COMPARE_BIN` (unset; another `imaged-scrubber` build, e.g.
 //! the previous version, timed in the same runs on the same data for a
 //! before/after comparison under the same conditions).
@@ -126,6 +127,10 @@ async fn scrub_run(engine: Engine, n: u64, base: &Path, bin: &Path) -> Option<(f
         .arg(&conf)
         .arg("once")
         .env("IMAGED_DEFAULT__USE_STDERR", "true")
+        .env(
+            "IMAGED_DEFAULT__SCRUB_POOL_SIZE",
+            env_u64("IMAGED_BENCH_POOL", 1).to_string(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
