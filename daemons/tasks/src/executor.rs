@@ -210,7 +210,12 @@ impl Executor {
         if expired > 0 {
             tracing::info!(expired, "soft-deleted expired tasks");
         }
+        // Without a work directory the import plugins write their work
+        // files next to the staged data; a crash leaves them there, where
+        // the staging clean-up (image-named files only) never looks.
         if let Some(dir) = &s.work_dir {
+            self.clean_work_dir(dir).await;
+        } else if let Ok(dir) = &s.api_import.staging_dir {
             self.clean_work_dir(dir).await;
         }
         crate::api_import::clean_staging(&self.catalog, &s).await;
@@ -393,6 +398,7 @@ impl Executor {
             return self.finish(&id, Err(ImportFailure::Failed(msg)), &s).await;
         }
         tracing::info!(task_id = %id, attempt = attempts, "running import task");
+        let lost = CancellationToken::new();
         let ctx = TaskContext {
             catalog: self.catalog.clone(),
             store: self.store.clone(),
@@ -401,8 +407,8 @@ impl Executor {
             progress: Arc::new(Mutex::new(String::new())),
             cancel: stop.child_token(),
             bytes_written: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            lost: lost.clone(),
         };
-        let lost = CancellationToken::new();
         let beat = tokio::spawn(heartbeat(
             self.catalog.clone(),
             self.owner.clone(),
@@ -422,7 +428,7 @@ impl Executor {
                 .bytes_written(ctx.bytes_written.load(std::sync::atomic::Ordering::Relaxed));
         }
         if lost.is_cancelled() {
-            tracing::warn!(task_id = %id, "lost the task (claim taken over or task no longer processing); attempt reverted");
+            tracing::warn!(task_id = %id, "lost the task (claim taken over or task no longer processing)");
             return Outcome::Lost;
         }
         if let Err(ImportFailure::Cancelled(_)) = &result {
@@ -446,7 +452,23 @@ impl Executor {
                 }
             };
         }
-        self.finish(&id, result, &s).await
+        // An interoperable import drops its lock only once its success is
+        // recorded (Glance's order): a lock dropped earlier lets another
+        // import start on an image whose task still reads `processing`.
+        let release = (task.task_type == crate::api_import::TASK_TYPE)
+            .then(|| result.as_ref().ok())
+            .flatten()
+            .and_then(|v| v.get("image_id"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string);
+        let outcome = self.finish(&id, result, &s).await;
+        // Success not recorded: the retry resumes under the same lock.
+        if outcome == Outcome::Succeeded
+            && let Some(image_id) = release
+        {
+            crate::api_import::release_lock(&self.catalog, &id, &image_id).await;
+        }
+        outcome
     }
 
     async fn finish(

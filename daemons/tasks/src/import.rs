@@ -82,6 +82,10 @@ pub struct TaskContext {
     pub progress: Arc<Mutex<String>>,
     /// Cancelled on shutdown hand-back or when the claim is lost.
     pub cancel: CancellationToken,
+    /// Cancelled (before `cancel`) when the claim was lost: another
+    /// executor now runs this task under the same import lock, so an
+    /// interoperable import must not revert anything it shares with it.
+    pub lost: CancellationToken,
     /// Bytes of image data this run stored (for the executor's metrics).
     pub bytes_written: Arc<std::sync::atomic::AtomicU64>,
 }

@@ -12,10 +12,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use imaged_catalog::api_import::{IMPORT_LOCK, LockedUpdate, STAGE_HOST, StoreListChange};
+use imaged_catalog::api_import::{
+    IMPORT_LOCK, LockedRefusal, LockedUpdate, STAGE_HOST, StoreListChange,
+};
 use imaged_catalog::claims::ClaimKind;
 use imaged_catalog::images::{Image, ImageDataUpdate};
 use imaged_catalog::tasks::Task;
+use imaged_catalog::{Catalog, CatalogError};
 use imaged_store::Location;
 use serde_json::{Value, json};
 
@@ -41,7 +44,11 @@ pub async fn run_plugins(
     let properties = ctx
         .catalog
         .image_properties(&image.id)
-        .await?
+        .await
+        .map_err(cat_err(
+            &image.id,
+            "reading the properties for the import plugins",
+        ))?
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
@@ -117,6 +124,13 @@ pub(super) fn fail<T>(msg: impl Into<String>) -> Result<T, ImportFailure> {
     Err(ImportFailure::Failed(msg.into()))
 }
 
+/// A catalog error naming the image and the step it interrupted (the
+/// plain conversion names neither, which leaves the task message useless).
+pub(super) fn cat_err(id: &str, step: &str) -> impl FnOnce(CatalogError) -> ImportFailure {
+    let what = format!("image {id}: {step}");
+    move |e| ImportFailure::Failed(format!("{what}: catalog error: {e}"))
+}
+
 pub(super) fn set_progress(ctx: &TaskContext, msg: impl Into<String>) {
     if let Ok(mut p) = ctx.progress.lock() {
         *p = msg.into();
@@ -168,7 +182,10 @@ pub async fn run(ctx: &TaskContext, task: &Task) -> Result<Value, ImportFailure>
     let image_id = input.image_id.clone();
     // A deleted or purged image gets no lock row (a lock on a missing image
     // would break the catalog's foreign key; on a deleted one it is noise).
-    match ctx.catalog.get_image(&image_id).await? {
+    match ctx.catalog.get_image(&image_id).await.map_err(cat_err(
+        &image_id,
+        "reading the image before taking the import lock",
+    ))? {
         Some(img) if !img.deleted => {}
         _ => {
             return Err(ImportFailure::Failed(format!(
@@ -186,10 +203,16 @@ pub async fn run(ctx: &TaskContext, task: &Task) -> Result<Value, ImportFailure>
     let mut att = Attempt::default();
     let res = tokio::select! {
         r = import(ctx, task, &input, &mut att) => r,
-        () = ctx.cancel.cancelled() => Err(ImportFailure::Cancelled("stopped".into())),
+        () = ctx.cancel.cancelled() => Err(ImportFailure::Cancelled(if ctx.lost.is_cancelled() {
+            format!("import of image {image_id} stopped: the task's claim was taken over by another executor")
+        } else {
+            format!("import of image {image_id} stopped: handed back at shutdown")
+        })),
         m = watch_lock(ctx, task, &image_id) => Err(ImportFailure::Failed(m)),
     };
-    // Completion drops the lock itself, so it runs outside the watcher.
+    // Completion runs outside the watcher: once the uploads are done, a
+    // lock change no longer undoes them (the executor drops the lock after
+    // recording the success).
     let res = match res {
         Ok(()) => complete(ctx, task, &input, &att).await,
         Err(e) => Err(e),
@@ -239,9 +262,21 @@ pub(super) async fn locked(
     match ctx
         .catalog
         .update_locked_image(image_id, &task.id, upd)
-        .await?
-    {
+        .await
+        .map_err(cat_err(
+            image_id,
+            "updating the image under the import lock",
+        ))? {
         Ok(id) => Ok(id),
+        // The refusal names only what was found; what the update needed
+        // tells the operator which step ran into what.
+        Err(r @ LockedRefusal::Status { .. }) => fail(format!(
+            "image {image_id}: cannot update the image: {r}, expected {}",
+            upd.status
+                .as_ref()
+                .map(|(from, _)| from.join(" or "))
+                .unwrap_or_default()
+        )),
         Err(r) => fail(format!("image {image_id}: cannot update the image: {r}")),
     }
 }
@@ -260,7 +295,11 @@ async fn import(
 ) -> Result<(), ImportFailure> {
     let cat = &ctx.catalog;
     let id = input.image_id.as_str();
-    let image = match cat.get_image(id).await? {
+    let image = match cat
+        .get_image(id)
+        .await
+        .map_err(cat_err(id, "reading the image"))?
+    {
         Some(i) if !i.deleted => i,
         _ => return fail(format!("Image {id} has been deleted, aborting import.")),
     };
@@ -274,7 +313,8 @@ async fn import(
     // task began (the lock still names the task).
     let resumed = cat
         .claim_record(ClaimKind::Task, &task.id)
-        .await?
+        .await
+        .map_err(cat_err(id, "reading the task's claim"))?
         .is_some_and(|r| r.attempts > 1);
     // Stores that already hold the image's data: written by an earlier,
     // interrupted attempt of this task (a location row is recorded only
@@ -283,7 +323,8 @@ async fn import(
     // attempt writes every target store.
     let live: Vec<imaged_catalog::images::Location> = cat
         .image_locations(id)
-        .await?
+        .await
+        .map_err(cat_err(id, "reading the locations"))?
         .into_iter()
         .filter(|l| !l.deleted && l.status == "active")
         .collect();
@@ -302,6 +343,8 @@ async fn import(
         .flatten()
         .cloned()
         .collect();
+    // The single store has no name: `done` cannot tell that it is done.
+    let done_any = input.stores.iter().any(&holds);
 
     // Set-up, as Glance does while building the flow: status importing
     // (not for copy-image), the stores listed as importing and not failed,
@@ -330,7 +373,8 @@ async fn import(
     }
     att.stage_host = cat
         .image_properties(id)
-        .await?
+        .await
+        .map_err(cat_err(id, "reading the properties"))?
         .get(STAGE_HOST)
         .cloned()
         .flatten();
@@ -360,6 +404,25 @@ async fn import(
     )
     .await?;
     att.set_up = true;
+    // Stores an earlier attempt finished count as successes of this one
+    // (Glance's set-active rule): without this, a resumed attempt whose
+    // stores are all recorded leaves the image `importing` and fails.
+    if !copy
+        && image.status != "active"
+        && done_any
+        && (!input.all_stores_must_succeed || pending.is_empty())
+    {
+        locked(
+            ctx,
+            task,
+            id,
+            &LockedUpdate {
+                status: Some((vec!["importing".into()], "active".into())),
+                ..LockedUpdate::default()
+            },
+        )
+        .await?;
+    }
     if pending.is_empty() {
         tracing::info!(image_id = id, task_id = %task.id, "every target store already holds the image");
         return Ok(());
@@ -470,7 +533,11 @@ async fn import(
         Some(p) => p.clone(),
         None => upload_path,
     };
-    let image = match cat.get_image(id).await? {
+    let image = match cat
+        .get_image(id)
+        .await
+        .map_err(cat_err(id, "reading the image after the plugins"))?
+    {
         Some(i) if !i.deleted => i,
         _ => return fail(format!("Image {id} has been deleted, aborting import.")),
     };
@@ -493,10 +560,10 @@ async fn import(
         set_progress(ctx, "Inspecting");
         let head = read_head(&upload_path).await?;
         let found = inspect::inspect(&head, &s.vmdk_allowed_types)
-            .map_err(|e| ImportFailure::Failed(e.to_string()))?;
+            .map_err(|e| ImportFailure::Failed(format!("image {id}: {e}")))?;
         if s.require_image_format_match {
             inspect::check_declared(found.format, &disk_format)
-                .map_err(|e| ImportFailure::Failed(e.to_string()))?;
+                .map_err(|e| ImportFailure::Failed(format!("image {id}: {e}")))?;
         }
         virtual_size = inspect::recorded_virtual_size(&found, &disk_format, size);
     }
@@ -544,28 +611,47 @@ async fn import(
 }
 
 /// The end of a successful import: staged data removed (Glance's
-/// `_DeleteFromFS`), the lock dropped, the result returned.
+/// `_DeleteFromFS`), the result returned. The lock stays until the
+/// executor has recorded the task's success ([`release_lock`]).
 async fn complete(
     ctx: &TaskContext,
-    task: &Task,
+    _task: &Task,
     input: &ApiImportInput,
     att: &Attempt,
 ) -> Result<Value, ImportFailure> {
     let id = input.image_id.as_str();
-    let img = ctx.catalog.get_image(id).await?;
+    let img = ctx
+        .catalog
+        .get_image(id)
+        .await
+        .map_err(cat_err(id, "reading the image to complete the import"))?;
     if input.method != Method::CopyImage && img.as_ref().is_none_or(|i| i.status != "active") {
         return fail(format!(
             "None of the uploads finished! image {id} is not active"
         ));
     }
     remove_staged(ctx, id, att, true).await;
-    if !ctx
-        .catalog
-        .delete_property_atomic(id, IMPORT_LOCK, &task.id)
-        .await?
-    {
-        tracing::error!(image_id = id, task_id = %task.id, "import task did not hold the lock upon completion");
-    }
     set_progress(ctx, "");
     Ok(json!({"image_id": id}))
+}
+
+/// Drops the import lock of a task whose success is recorded (Glance's
+/// `_CompleteTask`: the task succeeds first, then the lock goes).
+pub async fn release_lock(catalog: &Catalog, task_id: &str, image_id: &str) {
+    match catalog
+        .delete_property_atomic(image_id, IMPORT_LOCK, task_id)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::error!(
+                image_id,
+                task_id,
+                "import task did not hold the lock upon completion"
+            )
+        }
+        Err(e) => {
+            tracing::warn!(image_id, task_id, error = %e, "cannot drop the import lock after the task succeeded")
+        }
+    }
 }

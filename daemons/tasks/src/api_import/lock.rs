@@ -30,14 +30,29 @@ pub async fn stale_reason(
     catalog: &Catalog,
     holder: &str,
 ) -> Result<Option<String>, ImportFailure> {
-    let Some(task) = catalog.get_task(holder).await? else {
+    let ctx = |step: &'static str| {
+        move |e: imaged_catalog::CatalogError| {
+            ImportFailure::Failed(format!(
+                "checking import lock holder {holder}: {step}: catalog error: {e}"
+            ))
+        }
+    };
+    let Some(task) = catalog
+        .get_task(holder)
+        .await
+        .map_err(ctx("reading the task"))?
+    else {
         return Ok(Some(format!("task {holder} no longer exists")));
     };
     if task.deleted || matches!(task.status.as_str(), "success" | "failure") {
         return Ok(Some(format!("task {holder} is {}", task.status)));
     }
     let now = chrono::Utc::now().naive_utc();
-    if let Some(rec) = catalog.claim_record(ClaimKind::Task, holder).await? {
+    if let Some(rec) = catalog
+        .claim_record(ClaimKind::Task, holder)
+        .await
+        .map_err(ctx("reading its claim"))?
+    {
         match (rec.owner, rec.lease_expires_at) {
             (Some(_), Some(until)) if until > now => return Ok(None),
             (Some(owner), _) => {
@@ -82,13 +97,17 @@ pub async fn acquire(
     // Two rounds: a lock released between our read and our write is free
     // on the second look.
     for _ in 0..2 {
-        let holder = catalog.import_lock_holder(image_id).await?;
+        let holder = catalog
+            .import_lock_holder(image_id)
+            .await
+            .map_err(super::flow::cat_err(image_id, "reading the import lock"))?;
         match holder {
             Some(h) if h == task.id => return Ok(()),
             None => {
                 if catalog
                     .set_property_atomic(image_id, IMPORT_LOCK, &task.id)
-                    .await?
+                    .await
+                    .map_err(super::flow::cat_err(image_id, "taking the import lock"))?
                 {
                     return Ok(());
                 }
@@ -102,7 +121,11 @@ pub async fn acquire(
                 };
                 if !catalog
                     .replace_import_lock(image_id, &other, &task.id)
-                    .await?
+                    .await
+                    .map_err(super::flow::cat_err(
+                        image_id,
+                        "taking over a stale import lock",
+                    ))?
                 {
                     continue;
                 }

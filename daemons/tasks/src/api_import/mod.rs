@@ -12,8 +12,9 @@
 //! `api_image_import`): a failed glance-direct import returns the image to
 //! `uploading` with its staged data kept, so it can be imported again; a
 //! failed web-download returns it to `queued`; copy-image leaves the image
-//! `active`. The lock is dropped in every outcome except a hand-back, where
-//! the next attempt of the same task continues under it.
+//! `active`. The lock is dropped in every outcome except a hand-back or a
+//! lost claim, where the next attempt of the same task continues under it
+//! (after a success, by the executor once the success is recorded).
 //!
 //! * [`input`] validates the task input.
 //! * [`lock`] takes the import lock and takes over stale ones.
@@ -33,7 +34,7 @@ use std::path::PathBuf;
 
 use imaged_config::Config;
 
-pub use flow::{run, run_plugins};
+pub use flow::{release_lock, run, run_plugins};
 pub use revert::abandon;
 pub use staging::clean_staging;
 

@@ -15,7 +15,7 @@ use imaged_catalog::tasks::Task;
 use imaged_store::{Location, WriteOptions};
 use serde_json::{Value, json};
 
-use super::flow::{Attempt, WrittenStore, fail, locked, set_progress, store_label};
+use super::flow::{Attempt, WrittenStore, cat_err, fail, locked, set_progress, store_label};
 use super::input::{ApiImportInput, Method};
 use super::staging;
 use crate::hashing::{Digests, MultiHasher};
@@ -42,6 +42,7 @@ pub(super) async fn hash_file(
     total: u64,
 ) -> Result<Digests, ImportFailure> {
     let path = path.to_path_buf();
+    let shown = path.display().to_string();
     let algo = ctx.settings.hashing_algorithm;
     let parallel = ctx.settings.parallel;
     let progress = ctx.progress.clone();
@@ -69,7 +70,7 @@ pub(super) async fn hash_file(
         Ok(hasher.finish())
     })
     .await
-    .map_err(|e| ImportFailure::Failed(format!("hashing failed: {e}")))?
+    .map_err(|e| ImportFailure::Failed(format!("hashing {shown} failed: {e}")))?
     .map_err(ImportFailure::Failed)
 }
 
@@ -83,10 +84,11 @@ pub(super) async fn copy_to_staging(
     att: &mut Attempt,
 ) -> Result<(), ImportFailure> {
     let id = image.id.as_str();
+    // A complete copy found staged is reused, not ours: a failure keeps
+    // it for the retry (as Glance keeps it).
     if let (Ok(meta), Some(size)) = (tokio::fs::metadata(staged).await, image.size)
         && u64::try_from(size).ok() == Some(meta.len())
     {
-        att.staged_here = Some(staged.to_path_buf());
         return Ok(());
     }
     let default = ctx.settings.api_import.default_backend.as_deref();
@@ -125,7 +127,14 @@ pub(super) async fn copy_to_staging(
         )
         .await
         {
-            Ok(_) => return Ok(()),
+            // Complete now: like a reused copy, it is kept when the import
+            // fails or is handed back (a retry reuses it); success removes
+            // it with the rest of the staging area. Only a partial copy
+            // stays ours to remove.
+            Ok(_) => {
+                att.staged_here = None;
+                return Ok(());
+            }
             Err(ImportFailure::Failed(m) | ImportFailure::Cancelled(m)) => {
                 errors.push(format!("{}: {m}", loc.redacted_url()));
             }
@@ -180,7 +189,8 @@ pub(super) async fn upload_all(
     let mut active = ctx
         .catalog
         .get_image(id)
-        .await?
+        .await
+        .map_err(cat_err(id, "reading the status before the uploads"))?
         .is_some_and(|i| i.status == "active");
     while let Some((store, r)) = uploads.next().await {
         match r {
@@ -238,7 +248,9 @@ pub(super) async fn upload_all(
             }
         }
     }
-    if succeeded == 0 && !copy {
+    // An image already active (stores an earlier attempt finished) stays
+    // active with them even when every pending store failed.
+    if !active && !copy {
         return fail(format!(
             "None of the uploads finished! image {id}: {}",
             errors.join("; ")
@@ -303,7 +315,13 @@ async fn upload_one(
     let slot = {
         let mut v = written
             .lock()
-            .map_err(|_| "internal: poisoned state".to_string())?;
+            .map_err(|_| {
+                format!(
+                    "image {id}: the list of written stores is unusable (a store upload panicked); {} written to {} is not tracked",
+                    loc.redacted_url(),
+                    store_label(store)
+                )
+            })?;
         v.push(WrittenStore {
             location: loc.clone(),
             row: None,
