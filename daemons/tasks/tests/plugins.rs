@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -68,6 +68,24 @@ fn qemu_img(args: &[&str]) {
         "qemu-img {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An empty qcow2 disk of `size` (a `qemu-img` size such as `1M`).
+fn create_qcow2(path: &Path, size: &str) {
+    qemu_img(&["create", "-q", "-f", "qcow2", path.to_str().unwrap(), size]);
+}
+
+/// `qemu-img convert` of `src`, a `from` image, to `dst` as `to`.
+fn convert(from: &str, to: &str, src: &Path, dst: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        from,
+        "-O",
+        to,
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+    ]);
 }
 
 struct Env {
@@ -155,6 +173,45 @@ impl Env {
         run_plugins(&ctx, &plugins, staged).await
     }
 
+    /// Stages `data` and runs `plugins` on it.
+    async fn run_on(
+        &self,
+        data: &[u8],
+        disk: &str,
+        container: &str,
+        plugins: &[&str],
+    ) -> Result<PluginOutcome, PluginError> {
+        let staged = self.stage(data, disk, container);
+        self.run(plugins, staged).await
+    }
+
+    /// `image_conversion` on `data` staged as a bare image of `disk`.
+    async fn run_conversion(&self, data: &[u8], disk: &str) -> Result<PluginOutcome, PluginError> {
+        self.run_on(data, disk, "bare", &["image_conversion"]).await
+    }
+
+    /// `image_decompression` on `data` staged as a raw, bare image, which
+    /// must leave `want` in its place and nothing else behind.
+    async fn decompresses(&self, data: &[u8], want: &[u8]) -> PluginOutcome {
+        let out = self
+            .run_on(data, "raw", "bare", &["image_decompression"])
+            .await
+            .unwrap();
+        self.assert_staged_only(want);
+        out
+    }
+
+    /// `image_decompression` refuses `data` staged as a raw, bare image; a
+    /// refusal must leave the staged data as it was and no partial output.
+    async fn decompression_refuses(&self, data: &[u8]) -> PluginError {
+        let e = self
+            .run_on(data, "raw", "bare", &["image_decompression"])
+            .await
+            .unwrap_err();
+        self.assert_staged_only(data);
+        e
+    }
+
     fn staged_data(&self) -> Vec<u8> {
         std::fs::read(self.staged_path()).unwrap()
     }
@@ -176,28 +233,58 @@ impl Env {
         names
     }
 
+    /// The staged file holds `want` (compared without printing megabytes)
+    /// and nothing is left beside it or in the work directory.
+    fn assert_staged_only(&self, want: &[u8]) {
+        assert!(self.staged_data() == want, "staged data differs");
+        assert!(self.leftovers().is_empty(), "{:?}", self.leftovers());
+    }
+
     fn messages(&self) -> Vec<String> {
         self.messages.lock().unwrap().clone()
     }
 }
 
-fn assert_outcome_unchanged(out: &PluginOutcome, env: &Env, disk: &str, container: &str) {
+/// The outcome names the staged file, now `disk` in a `container`.
+fn assert_outcome(out: &PluginOutcome, env: &Env, disk: &str, container: &str) {
     assert_eq!(out.path, env.staged_path());
     assert_eq!(out.disk_format.as_deref(), Some(disk));
     assert_eq!(out.container_format.as_deref(), Some(container));
+}
+
+fn assert_outcome_unchanged(out: &PluginOutcome, env: &Env, disk: &str, container: &str) {
+    assert_outcome(out, env, disk, container);
     assert!(out.set_properties.is_empty());
+}
+
+/// The archive kind and member count of a multi-member refusal.
+fn multi_member(e: &PluginError) -> (&'static str, usize) {
+    match e {
+        PluginError::MultiMember {
+            archive, members, ..
+        } => (archive, *members),
+        other => panic!("unexpected error: {other}"),
+    }
+}
+
+/// The format detected in data refused as not its declared `disk_format`.
+fn mismatch_detected(e: &PluginError) -> &'static str {
+    match e {
+        PluginError::Inspection {
+            source: InspectError::Mismatch { detected, .. },
+            ..
+        } => detected,
+        other => panic!("unexpected error: {other}"),
+    }
 }
 
 #[tokio::test]
 async fn gzip_is_decompressed_in_place() {
     let env = Env::new("");
     let data = pattern(3 << 20);
-    let staged = env.stage(&gzip(&data), "raw", "bare");
-    let out = env.run(&["image_decompression"], staged).await.unwrap();
+    let out = env.decompresses(&gzip(&data), &data).await;
     assert_outcome_unchanged(&out, &env, "raw", "bare");
     assert_eq!(out.virtual_size, None);
-    assert!(env.staged_data() == data, "decompressed data differs");
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     let m = env.messages();
     assert_eq!(m[0], "Running import plugin image_decompression");
     assert!(
@@ -211,22 +298,14 @@ async fn gzip_is_decompressed_in_place() {
 async fn single_member_zip_is_decompressed() {
     let env = Env::new("");
     let data = pattern(1 << 20);
-    let staged = env.stage(&zip(&[("disk.img", &data)]), "raw", "bare");
-    env.run(&["image_decompression"], staged).await.unwrap();
-    assert!(env.staged_data() == data, "decompressed data differs");
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    env.decompresses(&zip(&[("disk.img", &data)]), &data).await;
 }
 
 #[tokio::test]
 async fn single_member_lha_is_decompressed() {
     let env = Env::new("");
-    let staged = env.stage(&hex::decode(ONE_LZH).unwrap(), "raw", "bare");
-    env.run(&["image_decompression"], staged).await.unwrap();
-    assert!(
-        env.staged_data() == lha_content(),
-        "decompressed data differs"
-    );
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    env.decompresses(&hex::decode(ONE_LZH).unwrap(), &lha_content())
+        .await;
 }
 
 #[tokio::test]
@@ -235,8 +314,7 @@ async fn gzip_bomb_is_refused_at_the_cap_and_leaves_nothing() {
     let env = Env::new("[DEFAULT]\nimage_size_cap = 1048576\n");
     let bomb = gzip(&vec![0u8; 64 << 20]);
     assert!(bomb.len() < 128 << 10);
-    let staged = env.stage(&bomb, "raw", "bare");
-    let e = env.run(&["image_decompression"], staged).await.unwrap_err();
+    let e = env.decompression_refuses(&bomb).await;
     match &e {
         PluginError::ArchiveTooLarge {
             image_id,
@@ -260,16 +338,16 @@ async fn gzip_bomb_is_refused_at_the_cap_and_leaves_nothing() {
     );
     assert!(msg.contains("image_size_cap (1048576 bytes)"), "{msg}");
     assert_eq!(e.plugin(), "image_decompression");
-    // The staged data is untouched and no partial output is left.
-    assert!(env.staged_data() == bomb);
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
 
 #[tokio::test]
 async fn lha_past_the_cap_is_refused() {
     let env = Env::new("[DEFAULT]\nimage_size_cap = 32768\n");
-    let staged = env.stage(&hex::decode(ONE_LZH).unwrap(), "raw", "bare");
-    let e = env.run(&["image_decompression"], staged).await.unwrap_err();
+    let lzh = hex::decode(ONE_LZH).unwrap();
+    let e = env
+        .run_on(&lzh, "raw", "bare", &["image_decompression"])
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, PluginError::ArchiveTooLarge { archive: "lha", limit: 32768, written, .. } if written <= 32768),
         "{e}"
@@ -281,39 +359,14 @@ async fn lha_past_the_cap_is_refused() {
 async fn multi_member_archives_are_refused() {
     let env = Env::new("");
     let two = zip(&[("a.img", b"first"), ("b.img", b"second")]);
-    let staged = env.stage(&two, "raw", "bare");
-    let e = env.run(&["image_decompression"], staged).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            PluginError::MultiMember {
-                archive: "zip",
-                members: 2,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let e = env.decompression_refuses(&two).await;
+    assert_eq!(multi_member(&e), ("zip", 2));
     assert!(e.to_string().contains("holds 2 members"), "{e}");
-    assert!(env.staged_data() == two);
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 
-    let two = hex::decode(TWO_LZH).unwrap();
-    let staged = env.stage(&two, "raw", "bare");
-    let e = env.run(&["image_decompression"], staged).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            PluginError::MultiMember {
-                archive: "lha",
-                members: 2,
-                ..
-            }
-        ),
-        "{e}"
-    );
-    assert!(env.staged_data() == two);
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    let e = env
+        .decompression_refuses(&hex::decode(TWO_LZH).unwrap())
+        .await;
+    assert_eq!(multi_member(&e), ("lha", 2));
 }
 
 #[tokio::test]
@@ -324,73 +377,47 @@ async fn corrupt_gzip_is_refused_without_leftovers() {
     for b in &mut bad[mid..mid + 64] {
         *b ^= 0x5a;
     }
-    let staged = env.stage(&bad, "raw", "bare");
-    let e = env.run(&["image_decompression"], staged).await.unwrap_err();
+    let e = env.decompression_refuses(&bad).await;
     assert!(
-        matches!(
-            e,
-            PluginError::BadArchive {
-                archive: "gzip",
-                ..
-            }
-        ),
+        matches!(e, PluginError::BadArchive { archive, .. } if archive == "gzip"),
         "{e}"
     );
-    assert!(env.staged_data() == bad);
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
 
 #[tokio::test]
 async fn compressed_container_and_plain_data_pass_unchanged() {
     let env = Env::new("");
-    // container_format = compressed: the user wants the archive kept.
-    let gz = gzip(&pattern(4096));
-    let staged = env.stage(&gz, "raw", "compressed");
-    let out = env.run(&["image_decompression"], staged).await.unwrap();
-    assert_outcome_unchanged(&out, &env, "raw", "compressed");
-    assert!(env.staged_data() == gz);
-
-    let plain = pattern(8192);
-    let staged = env.stage(&plain, "raw", "bare");
-    let out = env
-        .run(&["image_decompression", "no_op"], staged)
-        .await
-        .unwrap();
-    assert_outcome_unchanged(&out, &env, "raw", "bare");
-    assert!(env.staged_data() == plain);
+    let cases: [(_, _, &[&str]); 2] = [
+        // container_format = compressed: the user wants the archive kept.
+        (gzip(&pattern(4096)), "compressed", &["image_decompression"]),
+        (pattern(8192), "bare", &["image_decompression", "no_op"]),
+    ];
+    for (data, container, plugins) in cases {
+        let out = env.run_on(&data, "raw", container, plugins).await.unwrap();
+        assert_outcome_unchanged(&out, &env, "raw", container);
+        assert!(env.staged_data() == data);
+    }
     assert!(!env.work().exists(), "nothing to write, no work dir needed");
 }
 
 /// A raw disk with recognisable content, and the same disk as qcow2.
-fn raw_and_qcow2(env: &Env, size: usize) -> (Vec<u8>, PathBuf) {
+fn raw_and_qcow2(env: &Env, size: usize) -> (Vec<u8>, Vec<u8>) {
     let raw = pattern(size);
     let raw_path = env.path("src.raw");
     std::fs::write(&raw_path, &raw).unwrap();
     let q = env.path("src.qcow2");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw_path.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
-    (raw, q)
+    convert("raw", "qcow2", &raw_path, &q);
+    (raw, std::fs::read(q).unwrap())
 }
 
 #[tokio::test]
 async fn qcow2_is_converted_to_raw_with_its_virtual_size() {
     let env = Env::new("");
-    let (raw, q) = raw_and_qcow2(&env, 4 << 20);
-    let staged = env.stage(&std::fs::read(q).unwrap(), "qcow2", "bare");
-    let out = env.run(&["image_conversion"], staged).await.unwrap();
-    assert_eq!(out.path, env.staged_path());
-    assert_eq!(out.disk_format.as_deref(), Some("raw"));
-    assert_eq!(out.container_format.as_deref(), Some("bare"));
+    let (raw, qcow2) = raw_and_qcow2(&env, 4 << 20);
+    let out = env.run_conversion(&qcow2, "qcow2").await.unwrap();
+    assert_outcome(&out, &env, "raw", "bare");
     assert_eq!(out.virtual_size, Some(4 << 20));
-    assert!(env.staged_data() == raw, "converted data differs");
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    env.assert_staged_only(&raw);
     let m = env.messages();
     assert!(m.iter().any(|m| m == "Converted qcow2 to raw"), "{m:?}");
 }
@@ -399,23 +426,17 @@ async fn qcow2_is_converted_to_raw_with_its_virtual_size() {
 async fn raw_is_converted_to_qcow2_when_configured() {
     let env = Env::new("[image_conversion]\noutput_format = qcow2\n");
     let raw = pattern(2 << 20);
-    let staged = env.stage(&raw, "raw", "ovf");
-    let out = env.run(&["image_conversion"], staged).await.unwrap();
+    let out = env
+        .run_on(&raw, "raw", "ovf", &["image_conversion"])
+        .await
+        .unwrap();
     assert_eq!(out.disk_format.as_deref(), Some("qcow2"));
     assert_eq!(out.container_format.as_deref(), Some("bare"));
     assert_eq!(out.virtual_size, Some(2 << 20));
     assert!(env.staged_data().starts_with(b"QFI\xfb"));
     // Back to raw with qemu-img: the same disk.
     let back = env.path("back.raw");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        env.staged_path().to_str().unwrap(),
-        back.to_str().unwrap(),
-    ]);
+    convert("qcow2", "raw", &env.staged_path(), &back);
     assert!(std::fs::read(back).unwrap() == raw);
 }
 
@@ -423,8 +444,7 @@ async fn raw_is_converted_to_qcow2_when_configured() {
 async fn data_already_in_the_target_format_is_not_converted() {
     let env = Env::new("");
     let raw = pattern(1 << 20);
-    let staged = env.stage(&raw, "raw", "bare");
-    let out = env.run(&["image_conversion"], staged).await.unwrap();
+    let out = env.run_conversion(&raw, "raw").await.unwrap();
     assert_outcome_unchanged(&out, &env, "raw", "bare");
     assert_eq!(out.virtual_size, Some(1 << 20));
     assert!(env.staged_data() == raw);
@@ -436,7 +456,7 @@ async fn qcow2_with_a_backing_file_is_refused_before_conversion() {
     let env = Env::new("");
     let base = env.path("base.qcow2");
     let top = env.path("top.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "1M"]);
+    create_qcow2(&base, "1M");
     qemu_img(&[
         "create",
         "-q",
@@ -449,8 +469,7 @@ async fn qcow2_with_a_backing_file_is_refused_before_conversion() {
         top.to_str().unwrap(),
     ]);
     let data = std::fs::read(&top).unwrap();
-    let staged = env.stage(&data, "qcow2", "bare");
-    let e = env.run(&["image_conversion"], staged).await.unwrap_err();
+    let e = env.run_conversion(&data, "qcow2").await.unwrap_err();
     match &e {
         PluginError::Inspection {
             image_id,
@@ -474,22 +493,9 @@ async fn qcow2_with_a_backing_file_is_refused_before_conversion() {
 #[tokio::test]
 async fn data_that_is_not_its_disk_format_is_refused() {
     let env = Env::new("");
-    let (_, q) = raw_and_qcow2(&env, 1 << 20);
-    let staged = env.stage(&std::fs::read(q).unwrap(), "vmdk", "bare");
-    let e = env.run(&["image_conversion"], staged).await.unwrap_err();
-    assert!(
-        matches!(
-            &e,
-            PluginError::Inspection {
-                source: InspectError::Mismatch {
-                    detected: "qcow2",
-                    ..
-                },
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let (_, qcow2) = raw_and_qcow2(&env, 1 << 20);
+    let e = env.run_conversion(&qcow2, "vmdk").await.unwrap_err();
+    assert_eq!(mismatch_detected(&e), "qcow2");
 }
 
 #[tokio::test]
@@ -497,11 +503,10 @@ async fn conversion_needing_more_than_the_free_space_is_refused() {
     // A small qcow2 whose raw form (64 TiB) cannot fit on this disk.
     let env = Env::new("[DEFAULT]\nimage_size_cap = 9223372036854775807\n");
     let q = env.path("huge.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "64T"]);
+    create_qcow2(&q, "64T");
     let data = std::fs::read(&q).unwrap();
     assert!(data.len() < 4 << 20);
-    let staged = env.stage(&data, "qcow2", "bare");
-    let e = env.run(&["image_conversion"], staged).await.unwrap_err();
+    let e = env.run_conversion(&data, "qcow2").await.unwrap_err();
     match &e {
         PluginError::NoSpace {
             plugin,
@@ -517,17 +522,18 @@ async fn conversion_needing_more_than_the_free_space_is_refused() {
         }
         other => panic!("unexpected error: {other}"),
     }
-    assert!(env.staged_data() == data);
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    env.assert_staged_only(&data);
 }
 
 #[tokio::test]
 async fn conversion_past_the_size_cap_is_refused() {
     let env = Env::new("[DEFAULT]\nimage_size_cap = 8388608\n");
     let q = env.path("16m.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "16M"]);
-    let staged = env.stage(&std::fs::read(&q).unwrap(), "qcow2", "bare");
-    let e = env.run(&["image_conversion"], staged).await.unwrap_err();
+    create_qcow2(&q, "16M");
+    let e = env
+        .run_conversion(&std::fs::read(&q).unwrap(), "qcow2")
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -549,8 +555,10 @@ async fn inject_sets_properties_but_never_os_glance_ones() {
     env.settings
         .inject_properties
         .push(("os_glance_import_task".into(), "forged".into()));
-    let staged = env.stage(b"data", "raw", "bare");
-    let out = env.run(&["inject_image_metadata"], staged).await.unwrap();
+    let out = env
+        .run_on(b"data", "raw", "bare", &["inject_image_metadata"])
+        .await
+        .unwrap();
     assert_eq!(
         out.set_properties,
         BTreeMap::from([
@@ -561,41 +569,31 @@ async fn inject_sets_properties_but_never_os_glance_ones() {
 
     // A user known to hold an ignored role gets nothing; other roles do.
     let admin = ["member".to_string(), "admin".to_string()];
-    let staged = env.staged("raw", "bare");
-    let out = env
-        .run_as(Some(&admin), &["inject_image_metadata"], staged)
-        .await
-        .unwrap();
-    assert!(out.set_properties.is_empty());
     let member = ["member".to_string()];
-    let staged = env.staged("raw", "bare");
-    let out = env
-        .run_as(Some(&member), &["inject_image_metadata"], staged)
-        .await
-        .unwrap();
-    assert_eq!(out.set_properties.len(), 2);
+    for (roles, injected) in [(&admin[..], 0), (&member[..], 2)] {
+        let staged = env.staged("raw", "bare");
+        let out = env
+            .run_as(Some(roles), &["inject_image_metadata"], staged)
+            .await
+            .unwrap();
+        assert_eq!(out.set_properties.len(), injected, "{roles:?}");
+    }
     assert!(env.staged_data() == b"data");
 }
 
 #[tokio::test]
 async fn plugins_run_in_the_configured_order() {
     let env = Env::new("");
-    let (raw, q) = raw_and_qcow2(&env, 2 << 20);
-    let packed = gzip(&std::fs::read(q).unwrap());
+    let (raw, qcow2) = raw_and_qcow2(&env, 2 << 20);
+    let packed = gzip(&qcow2);
 
     // Decompress, then convert: the gzip'd qcow2 ends as the raw disk.
-    let staged = env.stage(&packed, "qcow2", "bare");
-    let out = env
-        .run(
-            &[
-                "image_decompression",
-                "image_conversion",
-                "inject_image_metadata",
-            ],
-            staged,
-        )
-        .await
-        .unwrap();
+    let all = [
+        "image_decompression",
+        "image_conversion",
+        "inject_image_metadata",
+    ];
+    let out = env.run_on(&packed, "qcow2", "bare", &all).await.unwrap();
     assert_eq!(out.disk_format.as_deref(), Some("raw"));
     assert_eq!(out.virtual_size, Some(2 << 20));
     assert!(env.staged_data() == raw);
@@ -614,24 +612,16 @@ async fn plugins_run_in_the_configured_order() {
     );
 
     // The other way round, conversion sees gzip data declared qcow2.
-    let staged = env.stage(&packed, "qcow2", "bare");
     let e = env
-        .run(&["image_conversion", "image_decompression"], staged)
+        .run_on(
+            &packed,
+            "qcow2",
+            "bare",
+            &["image_conversion", "image_decompression"],
+        )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            PluginError::Inspection {
-                source: InspectError::Mismatch {
-                    detected: "raw",
-                    ..
-                },
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert_eq!(mismatch_detected(&e), "raw");
     assert!(env.staged_data() == packed);
 }
 
@@ -639,9 +629,13 @@ async fn plugins_run_in_the_configured_order() {
 async fn an_unknown_plugin_fails_before_any_plugin_runs() {
     let env = Env::new("");
     let gz = gzip(&pattern(4096));
-    let staged = env.stage(&gz, "raw", "bare");
     let e = env
-        .run(&["image_decompression", "image_compression"], staged)
+        .run_on(
+            &gz,
+            "raw",
+            "bare",
+            &["image_decompression", "image_compression"],
+        )
         .await
         .unwrap_err();
     assert!(
@@ -666,18 +660,14 @@ async fn output_on_another_file_system_is_copied_beside_the_staged_file() {
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let mut env = Env::new("");
     env.work = shm.path().join("work");
-    let dev =
-        |p: &std::path::Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
     assert_ne!(
         dev(shm.path()),
         dev(&env.path("staging")),
         "the test needs /dev/shm on its own file system"
     );
     let data = pattern(2 << 20);
-    let staged = env.stage(&gzip(&data), "raw", "bare");
-    env.run(&["image_decompression"], staged).await.unwrap();
-    assert!(env.staged_data() == data, "decompressed data differs");
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    env.decompresses(&gzip(&data), &data).await;
 }
 
 #[tokio::test]
@@ -698,6 +688,5 @@ async fn a_cancelled_decompression_leaves_nothing() {
     while !env.leftovers().is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
-    assert!(env.staged_data() == packed);
+    env.assert_staged_only(&packed);
 }
