@@ -420,3 +420,43 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     gz.write_all(data).unwrap();
     gz.finish().unwrap()
 }
+
+/// A server holding `len` bytes of [`payload`] seeded `seed` as `name`,
+/// and those bytes.
+pub async fn serve_payload(name: &str, len: usize, seed: u64) -> (Server, Vec<u8>) {
+    let server = Server::start().await;
+    let data = payload(len, seed);
+    server.put(name, data.clone());
+    (server, data)
+}
+
+/// The `import_req` of an `api_image_import` web-download of `url`.
+pub fn web(url: &str) -> serde_json::Value {
+    serde_json::json!({"method": {"name": "web-download", "uri": url}})
+}
+
+/// The executor exited with `code`, its stderr shown when it did not.
+pub fn assert_exit(out: &Output, code: i32, engine: Engine) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{engine}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SIGTERM is a clean shutdown: the executor must exit 0.
+pub fn stop(child: &mut Child) {
+    signal(child, nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}
+
+/// Kills the executor as a crash would, leaving whatever it held.
+pub fn sigkill(child: &mut Child) {
+    signal(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}

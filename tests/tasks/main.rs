@@ -2,9 +2,11 @@
 //! SQLite, PostgreSQL and MariaDB, an HTTP server on loopback and a
 //! filesystem store.
 
+mod api_harness;
 mod harness;
 
 mod api_import;
+mod api_import_revert;
 mod concurrency;
 mod failures;
 mod import_ok;
