@@ -611,32 +611,62 @@ mod tests {
             .any(|l| l.id == row && !l.deleted && l.status == "active")
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_hand_back_after_activation_keeps_the_recorded_stores() {
-        let Some(db) = TestDb::new(Engine::Sqlite).await else {
-            return;
-        };
+    /// [`activated`] on a fresh SQLite catalog, with what a test reads back.
+    struct Activated {
+        _db: TestDb,
+        dir: tempfile::TempDir,
+        ctx: TaskContext,
+        task: Task,
+        input: ApiImportInput,
+        att: Attempt,
+        id: String,
+        row: i64,
+        a: PathBuf,
+        b: PathBuf,
+    }
+
+    async fn activated_image() -> Activated {
+        let db = TestDb::new(Engine::Sqlite)
+            .await
+            .expect("SQLite test catalog");
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(&db, dir.path());
         let (task, input, att, row, a, b) = activated(&ctx, dir.path()).await;
         let id = input.image_id.clone();
-        let err = revert(
-            &ctx,
-            &task,
-            &input,
-            &att,
-            ImportFailure::Cancelled("x".into()),
-        )
-        .await;
+        Activated {
+            _db: db,
+            dir,
+            ctx,
+            task,
+            input,
+            att,
+            id,
+            row,
+            a,
+            b,
+        }
+    }
+
+    impl Activated {
+        async fn revert(&self, att: &Attempt, err: ImportFailure) -> ImportFailure {
+            revert(&self.ctx, &self.task, &self.input, att, err).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hand_back_after_activation_keeps_the_recorded_stores() {
+        let t = activated_image().await;
+        let (ctx, task, id, row, a, b) = (&t.ctx, &t.task, &t.id, t.row, &t.a, &t.b);
+        let err = t.revert(&t.att, ImportFailure::Cancelled("x".into())).await;
         assert!(matches!(err, ImportFailure::Cancelled(_)));
-        let img = ctx.catalog.get_image(&id).await.unwrap().unwrap();
+        let img = ctx.catalog.get_image(id).await.unwrap().unwrap();
         assert_eq!(img.status, "active");
         assert_eq!(img.size, Some(4), "data attributes kept");
-        assert!(row_live(&ctx, &id, row).await, "recorded location kept");
+        assert!(row_live(ctx, id, row).await, "recorded location kept");
         assert!(a.exists(), "recorded object kept");
         assert!(!b.exists(), "unrecorded object removed");
         assert_eq!(
-            ctx.catalog.import_lock_holder(&id).await.unwrap(),
+            ctx.catalog.import_lock_holder(id).await.unwrap(),
             Some(task.id.clone()),
             "the resumed attempt continues under the lock"
         );
@@ -644,21 +674,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failure_after_activation_leaves_the_image_active_with_its_stores() {
-        let Some(db) = TestDb::new(Engine::Sqlite).await else {
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = context(&db, dir.path());
-        let (task, input, att, row, a, b) = activated(&ctx, dir.path()).await;
-        let id = input.image_id.clone();
-        let err = revert(
-            &ctx,
-            &task,
-            &input,
-            &att,
-            ImportFailure::Failed("boom".into()),
-        )
-        .await;
+        let t = activated_image().await;
+        let (ctx, id, row, a, b) = (&t.ctx, &t.id, t.row, &t.a, &t.b);
+        let err = t.revert(&t.att, ImportFailure::Failed("boom".into())).await;
         let ImportFailure::Failed(msg) = err else {
             panic!("not a failure");
         };
@@ -666,51 +684,39 @@ mod tests {
             msg.starts_with("boom") && msg.contains("left active"),
             "{msg}"
         );
-        let img = ctx.catalog.get_image(&id).await.unwrap().unwrap();
+        let img = ctx.catalog.get_image(id).await.unwrap().unwrap();
         assert_eq!(img.status, "active");
         assert_eq!(img.size, Some(4));
-        assert!(row_live(&ctx, &id, row).await);
+        assert!(row_live(ctx, id, row).await);
         assert!(a.exists());
         assert!(!b.exists());
-        let props = ctx.catalog.image_properties(&id).await.unwrap();
+        let props = ctx.catalog.image_properties(id).await.unwrap();
         assert_eq!(props[FAILED_STORES].as_deref(), Some("b"));
-        assert_eq!(ctx.catalog.import_lock_holder(&id).await.unwrap(), None);
+        assert_eq!(ctx.catalog.import_lock_holder(id).await.unwrap(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lost_claim_reverts_nothing() {
-        let Some(db) = TestDb::new(Engine::Sqlite).await else {
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = context(&db, dir.path());
-        let (task, input, att, row, a, b) = activated(&ctx, dir.path()).await;
-        let id = input.image_id.clone();
-        let staged = dir.path().join("staging").join(&id);
+        let mut t = activated_image().await;
+        let staged = t.dir.path().join("staging").join(&t.id);
         std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
         std::fs::write(&staged, b"being written by the new holder").unwrap();
         let att = Attempt {
             staged_here: Some(staged.clone()),
-            ..att
+            ..std::mem::take(&mut t.att)
         };
+        let (ctx, task, id, row, a, b) = (&t.ctx, &t.task, &t.id, t.row, &t.a, &t.b);
         ctx.lost.cancel();
         ctx.cancel.cancel();
-        revert(
-            &ctx,
-            &task,
-            &input,
-            &att,
-            ImportFailure::Cancelled("x".into()),
-        )
-        .await;
-        assert!(row_live(&ctx, &id, row).await);
+        t.revert(&att, ImportFailure::Cancelled("x".into())).await;
+        assert!(row_live(ctx, id, row).await);
         assert!(
             a.exists() && b.exists(),
             "objects the new holder may count on"
         );
         assert!(staged.exists(), "the new holder's staged file");
         assert_eq!(
-            ctx.catalog.import_lock_holder(&id).await.unwrap(),
+            ctx.catalog.import_lock_holder(id).await.unwrap(),
             Some(task.id.clone())
         );
     }
