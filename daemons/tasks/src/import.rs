@@ -751,7 +751,8 @@ async fn stage(
     Ok(path)
 }
 
-async fn read_head(path: &Path) -> Result<Vec<u8>, ImportFailure> {
+/// The first [`PREFIX_LEN`] bytes of a file, for the format inspector.
+pub(crate) async fn read_head(path: &Path) -> Result<Vec<u8>, ImportFailure> {
     use tokio::io::AsyncReadExt;
     let f = tokio::fs::File::open(path)
         .await

@@ -362,38 +362,13 @@ impl Catalog {
 type DataSql = (Option<String>, Vec<String>, Vec<i64>);
 
 fn data_update_sql(upd: Option<&ImageDataUpdate>) -> DataSql {
-    let Some(upd) = upd else {
-        return (None, Vec::new(), Vec::new());
-    };
-    let mut sets = vec!["updated_at = ?".to_string()];
-    let mut texts = Vec::new();
-    for (col, v) in [
-        ("checksum", &upd.checksum),
-        ("os_hash_algo", &upd.os_hash_algo),
-        ("os_hash_value", &upd.os_hash_value),
-        ("disk_format", &upd.disk_format),
-        ("container_format", &upd.container_format),
-    ] {
-        if let Some(v) = v {
-            sets.push(format!("{col} = ?"));
-            texts.push(v.clone());
+    match upd {
+        None => (None, Vec::new(), Vec::new()),
+        Some(upd) => {
+            let (sql, texts, ints) = upd.update_sql();
+            (Some(sql), texts, ints)
         }
     }
-    let mut ints = Vec::new();
-    for (col, v) in [("size", upd.size), ("virtual_size", upd.virtual_size)] {
-        if let Some(v) = v {
-            sets.push(format!("{col} = ?"));
-            ints.push(v);
-        }
-    }
-    (
-        Some(format!(
-            "UPDATE images SET {} WHERE id = ?",
-            sets.join(", ")
-        )),
-        texts,
-        ints,
-    )
 }
 
 #[cfg(test)]

@@ -103,6 +103,37 @@ pub struct ImageDataUpdate {
     pub container_format: Option<String>,
 }
 
+impl ImageDataUpdate {
+    /// `UPDATE images SET updated_at = ?, <the set columns> WHERE id = ?`
+    /// with the text values and then the integer values to bind, in order,
+    /// after `updated_at` and before the id.
+    pub(crate) fn update_sql(&self) -> (String, Vec<String>, Vec<i64>) {
+        let mut sets = vec!["updated_at = ?".to_string()];
+        let mut texts = Vec::new();
+        for (col, v) in [
+            ("checksum", &self.checksum),
+            ("os_hash_algo", &self.os_hash_algo),
+            ("os_hash_value", &self.os_hash_value),
+            ("disk_format", &self.disk_format),
+            ("container_format", &self.container_format),
+        ] {
+            if let Some(v) = v {
+                sets.push(format!("{col} = ?"));
+                texts.push(v.clone());
+            }
+        }
+        let mut ints = Vec::new();
+        for (col, v) in [("size", self.size), ("virtual_size", self.virtual_size)] {
+            if let Some(v) = v {
+                sets.push(format!("{col} = ?"));
+                ints.push(v);
+            }
+        }
+        let sql = format!("UPDATE images SET {} WHERE id = ?", sets.join(", "));
+        (sql, texts, ints)
+    }
+}
+
 /// An `image_locations` row with its URL decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Location {
@@ -244,35 +275,14 @@ impl Catalog {
 
     /// Sets the data attributes that are `Some`, bumping `updated_at`.
     pub async fn update_image_data(&self, id: &str, upd: &ImageDataUpdate) -> Result<()> {
-        let mut sets = vec!["updated_at = ?".to_string()];
-        let mut texts: Vec<&str> = Vec::new();
-        for (col, v) in [
-            ("checksum", &upd.checksum),
-            ("os_hash_algo", &upd.os_hash_algo),
-            ("os_hash_value", &upd.os_hash_value),
-            ("disk_format", &upd.disk_format),
-            ("container_format", &upd.container_format),
-        ] {
-            if let Some(v) = v {
-                sets.push(format!("{col} = ?"));
-                texts.push(v);
-            }
-        }
-        let mut ints: Vec<i64> = Vec::new();
-        for (col, v) in [("size", upd.size), ("virtual_size", upd.virtual_size)] {
-            if let Some(v) = v {
-                sets.push(format!("{col} = ?"));
-                ints.push(v);
-            }
-        }
-        let sql = format!("UPDATE images SET {} WHERE id = ?", sets.join(", "));
+        let (sql, texts, ints) = upd.update_sql();
         let n = self
             .with_retry("update image data", || async {
                 let sql = self.sql(&sql);
                 Ok(on_pool!(&self.pool, p => {
                     let mut q = sqlx::query(sql).bind(Ts(utcnow()));
                     for t in &texts {
-                        q = q.bind(*t);
+                        q = q.bind(t.as_str());
                     }
                     for i in &ints {
                         q = q.bind(*i);

@@ -253,6 +253,19 @@ async fn watch_lock(ctx: &TaskContext, task: &Task, image_id: &str) -> String {
     }
 }
 
+/// `importing → active` under the lock (Glance's set-active rule met).
+pub(super) async fn activate(
+    ctx: &TaskContext,
+    task: &Task,
+    id: &str,
+) -> Result<(), ImportFailure> {
+    let upd = LockedUpdate {
+        status: Some((vec!["importing".into()], "active".into())),
+        ..LockedUpdate::default()
+    };
+    locked(ctx, task, id, &upd).await.map(|_| ())
+}
+
 pub(super) async fn locked(
     ctx: &TaskContext,
     task: &Task,
@@ -412,16 +425,7 @@ async fn import(
         && done_any
         && (!input.all_stores_must_succeed || pending.is_empty())
     {
-        locked(
-            ctx,
-            task,
-            id,
-            &LockedUpdate {
-                status: Some((vec!["importing".into()], "active".into())),
-                ..LockedUpdate::default()
-            },
-        )
-        .await?;
+        activate(ctx, task, id).await?;
     }
     if pending.is_empty() {
         tracing::info!(image_id = id, task_id = %task.id, "every target store already holds the image");

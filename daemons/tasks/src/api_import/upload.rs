@@ -19,21 +19,8 @@ use super::flow::{Attempt, WrittenStore, cat_err, fail, locked, set_progress, st
 use super::input::{ApiImportInput, Method};
 use super::staging;
 use crate::hashing::{Digests, MultiHasher};
+pub(super) use crate::import::read_head;
 use crate::import::{ImportFailure, TaskContext};
-use crate::inspect::PREFIX_LEN;
-
-pub(super) async fn read_head(path: &Path) -> Result<Vec<u8>, ImportFailure> {
-    use tokio::io::AsyncReadExt;
-    let f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| ImportFailure::Failed(format!("cannot open {}: {e}", path.display())))?;
-    let mut head = Vec::with_capacity(PREFIX_LEN);
-    f.take(PREFIX_LEN as u64)
-        .read_to_end(&mut head)
-        .await
-        .map_err(|e| ImportFailure::Failed(format!("cannot read {}: {e}", path.display())))?;
-    Ok(head)
-}
 
 /// MD5 and the secure hash of the file, off the async runtime.
 pub(super) async fn hash_file(
@@ -203,16 +190,7 @@ pub(super) async fn upload_all(
                     && !active
                     && (!input.all_stores_must_succeed || succeeded == pending.len());
                 if activate {
-                    locked(
-                        ctx,
-                        task,
-                        id,
-                        &LockedUpdate {
-                            status: Some((vec!["importing".into()], "active".into())),
-                            ..LockedUpdate::default()
-                        },
-                    )
-                    .await?;
+                    super::flow::activate(ctx, task, id).await?;
                     active = true;
                 }
             }
