@@ -93,6 +93,9 @@ pub struct Digests {
     pub os_hash_value: String,
 }
 
+/// Smallest known size hashed on two threads.
+pub const PARALLEL_MIN: u64 = 8 << 20;
+
 type Worker = (
     SyncSender<Bytes>,
     JoinHandle<(Option<String>, Option<String>)>,
@@ -132,6 +135,15 @@ impl MultiHasher {
     /// Hashers for `algo`; `parallel` puts MD5 and the secure hash on
     /// separate threads.
     pub fn new(algo: HashAlgo, parallel: bool) -> Self {
+        Self::for_size(algo, parallel, None)
+    }
+
+    /// [`MultiHasher::new`] for data of `size` bytes when known: below
+    /// [`PARALLEL_MIN`] both digests share one thread even when `parallel`
+    /// asks for two, since a second thread costs more than it saves there
+    /// (and many small imports run side by side in parallel mode anyway).
+    pub fn for_size(algo: HashAlgo, parallel: bool, size: Option<u64>) -> Self {
+        let parallel = parallel && size.is_none_or(|n| n >= PARALLEL_MIN);
         let workers = if parallel {
             vec![spawn(true, None), spawn(false, Some(algo))]
         } else {
@@ -195,6 +207,21 @@ mod tests {
             d.os_hash_value,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn small_known_sizes_hash_on_one_thread() {
+        let threads = |parallel, size| {
+            let h = MultiHasher::for_size(HashAlgo::Sha512, parallel, size);
+            let n = h.workers.len();
+            h.update(&Bytes::from_static(b"abc"));
+            assert_eq!(h.finish().checksum, "900150983cd24fb0d6963f7d28e17f72");
+            n
+        };
+        assert_eq!(threads(true, None), 2, "unknown size");
+        assert_eq!(threads(true, Some(PARALLEL_MIN)), 2);
+        assert_eq!(threads(true, Some(256 << 10)), 1);
+        assert_eq!(threads(false, Some(1 << 30)), 1, "serial mode");
     }
 
     #[test]

@@ -599,7 +599,11 @@ async fn upload_stream(
     }
     drop(head);
 
-    let hasher = Arc::new(MultiHasher::new(s.hashing_algorithm, s.parallel));
+    let hasher = Arc::new(MultiHasher::for_size(
+        s.hashing_algorithm,
+        s.parallel,
+        length,
+    ));
     let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let cap = s.image_size_cap;

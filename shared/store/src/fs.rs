@@ -278,7 +278,7 @@ impl FsBackend {
             temp_name,
             final_name,
             file_perm,
-            direct_io: self.direct_io,
+            direct_io: use_direct_io(self.direct_io, opts.size_hint),
             chunk: self.chunk,
             faults: Faults::default(),
             what,
@@ -621,6 +621,17 @@ fn read_loop(
             return;
         }
     }
+}
+
+/// Smallest announced size written with `O_DIRECT`.
+const DIRECT_IO_MIN: u64 = 8 << 20;
+
+/// Whether a write goes around the page cache: for large or unknown sizes.
+/// A small image with a known size goes through the page cache, where the
+/// direct path's second thread and aligned buffers cost more than the copy
+/// they save (many small imports run side by side).
+fn use_direct_io(enabled: bool, size_hint: Option<u64>) -> bool {
+    enabled && size_hint.is_none_or(|n| n >= DIRECT_IO_MIN)
 }
 
 /// Where and how the blocking writer thread writes one image.
@@ -966,6 +977,16 @@ mod tests {
         let why = done.fallback.expect("the fallback is reported");
         assert!(why.contains("refuses O_DIRECT"), "{why}");
         assert!(fs::read(tmp.path().join("img")).unwrap() == data);
+    }
+
+    #[test]
+    fn small_known_sizes_are_written_through_the_page_cache() {
+        assert!(use_direct_io(true, None), "unknown size");
+        assert!(use_direct_io(true, Some(DIRECT_IO_MIN)));
+        assert!(use_direct_io(true, Some(1 << 30)));
+        assert!(!use_direct_io(true, Some(256 << 10)));
+        assert!(!use_direct_io(false, None), "switched off");
+        assert!(!use_direct_io(false, Some(1 << 30)));
     }
 
     #[test]
