@@ -634,6 +634,38 @@ fn use_direct_io(enabled: bool, size_hint: Option<u64>) -> bool {
     enabled && size_hint.is_none_or(|n| n >= DIRECT_IO_MIN)
 }
 
+/// The write-back helper of a buffered write: `fdatasync` on a duplicate
+/// descriptor whenever asked, requests that pile up folded into one.
+struct Flusher {
+    tx: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> io::Result<Flusher> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let file = file.try_clone()?;
+        let thread = std::thread::spawn(move || -> io::Result<()> {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        Ok(Flusher { tx, thread })
+    }
+
+    fn request(&self) {
+        let _ = self.tx.send(());
+    }
+
+    /// Waits for the last write-back; its error, or the thread's panic.
+    fn join(self) -> std::thread::Result<io::Result<()>> {
+        drop(self.tx);
+        self.thread.join()
+    }
+}
+
 /// Where and how the blocking writer thread writes one image.
 struct WriteJob {
     /// Target directory, symlinks resolved.
@@ -702,18 +734,9 @@ fn write_thread(
         // For buffered writes, a helper thread starts write-back of what is already written (fdatasync on a
         // duplicate descriptor) while this thread keeps writing, so the final fsync has little
         // left to flush. Its errors are collected: on Linux a write-back error is reported to
-        // only one fsync caller of the shared open file.
-        let (flush_tx, flush_rx) = std::sync::mpsc::channel::<()>();
-        let flush_file = file
-            .try_clone()
-            .map_err(|e| io_err("duplicating the descriptor of", &e))?;
-        let flusher = std::thread::spawn(move || -> io::Result<()> {
-            while flush_rx.recv().is_ok() {
-                while flush_rx.try_recv().is_ok() {}
-                flush_file.sync_data()?;
-            }
-            Ok(())
-        });
+        // only one fsync caller of the shared open file. It is started at the first flush, so
+        // small and direct writes, which never ask for one, cost no thread.
+        let mut flusher: Option<Flusher> = None;
         let mut size = 0u64;
         let mut write_err = None;
         while let Some(chunk) = rx.blocking_recv() {
@@ -725,7 +748,18 @@ fn write_thread(
             size += chunk.len() as u64;
             // Direct writes leave nothing in the page cache to write back.
             if size / FLUSH_EVERY != before && !sink.is_direct() {
-                let _ = flush_tx.send(());
+                if flusher.is_none() {
+                    match Flusher::start(&file) {
+                        Ok(f) => flusher = Some(f),
+                        Err(e) => {
+                            write_err = Some(io_err("duplicating the descriptor of", &e));
+                            break;
+                        }
+                    }
+                }
+                if let Some(f) = &flusher {
+                    f.request();
+                }
             }
         }
         // The sender is gone: either the stream ended (commit sent) or the caller gave up, in
@@ -734,8 +768,7 @@ fn write_thread(
         if committed && let Err(e) = sink.finish() {
             write_err = Some(io_err("writing", &e));
         }
-        drop(flush_tx);
-        let flushed = flusher.join();
+        let flushed = flusher.map_or(Ok(Ok(())), Flusher::join);
         if let Some(e) = write_err {
             return Err(e);
         }

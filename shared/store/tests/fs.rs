@@ -701,18 +701,7 @@ async fn odd_sizes_round_trip_on_tmpfs() {
 #[tokio::test]
 async fn buffered_writes_when_direct_io_is_off() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::new(StoreOptions {
-        mode: StoreMode::Single {
-            default_store: BackendType::File,
-            filesystem: Some(FilesystemOptions {
-                direct_io: false,
-                ..FilesystemOptions::with_datadir(tmp.path())
-            }),
-            s3: None,
-        },
-        timeouts: Timeouts::default(),
-    })
-    .unwrap();
+    let store = buffered_store(tmp.path());
     let data = pattern(2 * (1 << 20) + 4097);
     let w = store
         .write("buffered", &data[..], WriteOptions::default())
@@ -721,6 +710,38 @@ async fn buffered_writes_when_direct_io_is_off() {
     assert_eq!(w.size, data.len() as u64);
     assert!(std::fs::read(tmp.path().join("buffered")).unwrap() == data);
     assert_eq!(list(tmp.path()), vec!["buffered".to_string()]);
+}
+
+/// A single-store filesystem backend on `dir` with direct I/O off.
+fn buffered_store(dir: &Path) -> Store {
+    Store::new(StoreOptions {
+        mode: StoreMode::Single {
+            default_store: BackendType::File,
+            filesystem: Some(FilesystemOptions {
+                direct_io: false,
+                ..FilesystemOptions::with_datadir(dir)
+            }),
+            s3: None,
+        },
+        timeouts: Timeouts::default(),
+    })
+    .unwrap()
+}
+
+/// A buffered write long enough for the write-back helper to start (every
+/// 32 MiB) is whole on disk.
+#[tokio::test]
+async fn buffered_write_past_the_write_back_step_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = buffered_store(tmp.path());
+    let data = pattern(70 * (1 << 20) + 17);
+    let w = store
+        .write("long", &data[..], WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(w.size, data.len() as u64);
+    assert!(std::fs::read(tmp.path().join("long")).unwrap() == data);
+    assert_eq!(list(tmp.path()), vec!["long".to_string()]);
 }
 
 /// The cap falls in the middle of a staged (not yet written) buffer, after earlier buffers have
