@@ -424,33 +424,33 @@ async fn import(
     let s = &ctx.settings;
     let spec = &input.image;
     let cat = &ctx.catalog;
+    // Image row (already `saving`), lock, properties and tags in one
+    // transaction: the rows Glance's flow writes in separate steps, for one
+    // commit.
     let image_id = cat
-        .create_image(&NewImage {
-            name: spec.name.clone(),
-            // Glance's legacy flow creates the image without an owner unless
-            // image_properties names one (see README, "Image owner").
-            owner: spec.owner.clone(),
-            visibility: spec.visibility.clone(),
-            disk_format: Some(spec.disk_format.clone()),
-            container_format: Some(spec.container_format.clone()),
-            min_disk: spec.min_disk,
-            min_ram: spec.min_ram,
-            protected: spec.protected,
-            os_hidden: spec.os_hidden,
-            ..NewImage::default()
-        })
+        .create_importing_image(
+            &NewImage {
+                name: spec.name.clone(),
+                // Glance's legacy flow creates the image without an owner unless
+                // image_properties names one (see README, "Image owner").
+                owner: spec.owner.clone(),
+                visibility: spec.visibility.clone(),
+                disk_format: Some(spec.disk_format.clone()),
+                container_format: Some(spec.container_format.clone()),
+                min_disk: spec.min_disk,
+                min_ram: spec.min_ram,
+                protected: spec.protected,
+                os_hidden: spec.os_hidden,
+                ..NewImage::default()
+            },
+            LOCK_PROPERTY,
+            &task.id,
+            &spec.extra,
+            &spec.tags,
+        )
         .await?;
     undo.image_id = Some(image_id.clone());
     undo.lock_holder = Some(task.id.clone());
-    cat.set_property_atomic(&image_id, LOCK_PROPERTY, &task.id)
-        .await?;
-    for (k, v) in &spec.extra {
-        cat.set_property(&image_id, k, v).await?;
-    }
-    for t in &spec.tags {
-        cat.add_image_tag(&image_id, t).await?;
-    }
-    cat.set_image_status(&image_id, "queued", "saving").await?;
 
     let mut limit = s.image_size_cap;
     let mut quota_left = None;
@@ -507,22 +507,23 @@ async fn import(
             input.import_from, outcome.size
         ));
     }
-    cat.update_image_data(
-        &image_id,
-        &ImageDataUpdate {
-            checksum: Some(outcome.digests.checksum.clone()),
-            os_hash_algo: Some(outcome.digests.os_hash_algo.clone()),
-            os_hash_value: Some(outcome.digests.os_hash_value.clone()),
-            size: Some(i64::try_from(outcome.size).unwrap_or(i64::MAX)),
-            virtual_size: outcome.virtual_size.and_then(|v| i64::try_from(v).ok()),
-            disk_format: (disk_format != spec.disk_format).then(|| disk_format.clone()),
-            container_format: None,
-        },
-    )
-    .await?;
-    cat.set_image_status(&image_id, "saving", "active").await?;
-    cat.delete_property_atomic(&image_id, LOCK_PROPERTY, &task.id)
-        .await?;
+    // Data attributes, `saving → active` and the lock release in one
+    // transaction, refused unless this task still holds the live image.
+    let data = ImageDataUpdate {
+        checksum: Some(outcome.digests.checksum.clone()),
+        os_hash_algo: Some(outcome.digests.os_hash_algo.clone()),
+        os_hash_value: Some(outcome.digests.os_hash_value.clone()),
+        size: Some(i64::try_from(outcome.size).unwrap_or(i64::MAX)),
+        virtual_size: outcome.virtual_size.and_then(|v| i64::try_from(v).ok()),
+        disk_format: (disk_format != spec.disk_format).then(|| disk_format.clone()),
+        container_format: None,
+    };
+    if let Err(refused) = cat
+        .activate_imported_image(&image_id, &task.id, &data)
+        .await?
+    {
+        return fail(format!("cannot activate image {image_id}: {refused}"));
+    }
     for f in &undo.files {
         let _ = tokio::fs::remove_file(f).await;
     }
@@ -643,12 +644,13 @@ async fn upload_stream(
         }
         Ok(chunk)
     });
-    let reader = tokio_util::io::StreamReader::new(counted);
+    // The 1 MiB chunks go to the store as they are (no copy into the
+    // store's own chunks).
     let written = ctx
         .store
-        .write(
+        .write_chunks(
             image_id,
-            reader,
+            counted,
             WriteOptions {
                 backend: None,
                 size_hint: length,
@@ -685,6 +687,7 @@ async fn upload_stream(
         .map_err(|_| ImportFailure::Failed("hashing state still shared after the upload".into()))?;
     let digests = tokio::task::spawn_blocking(move || hasher.finish())
         .await
+        .map_err(|e| ImportFailure::Failed(format!("hashing failed: {e}")))?
         .map_err(|e| ImportFailure::Failed(format!("hashing failed: {e}")))?;
     Ok(Uploaded {
         size: written.size,

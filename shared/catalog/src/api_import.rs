@@ -203,6 +203,19 @@ impl Catalog {
         task_id: &str,
         upd: &LockedUpdate,
     ) -> Result<std::result::Result<Option<i64>, LockedRefusal>> {
+        self.locked_update(image_id, task_id, upd, false).await
+    }
+
+    /// [`Catalog::update_locked_image`]; with `drop_lock` the lock row is
+    /// then deleted outright in the same transaction, as Glance's
+    /// `image_delete_property_atomic` drops it.
+    pub(crate) async fn locked_update(
+        &self,
+        image_id: &str,
+        task_id: &str,
+        upd: &LockedUpdate,
+        drop_lock: bool,
+    ) -> Result<std::result::Result<Option<i64>, LockedRefusal>> {
         for (k, v) in &upd.set_properties {
             self.check_text("property", k)?;
             self.check_text("property", v)?;
@@ -269,6 +282,9 @@ impl Catalog {
         } else {
             self.sql(&format!("{base} RETURNING id")).0
         };
+        let unlock = self
+            .sql("DELETE FROM image_properties WHERE image_id = ? AND name = ? AND value = ? AND deleted = FALSE")
+            .0;
         self.with_retry("locked image update", || async {
             let now = Ts(utcnow());
             Ok(on_pool!(&self.pool, p => {
@@ -329,6 +345,9 @@ impl Catalog {
                 if let Some((value, meta)) = &location {
                     let q = sqlx::query(AssertSqlSafe(add_loc.as_str())).bind(image_id).bind(value.as_str()).bind(now).bind(now).bind(meta.as_str());
                     new_id = Some(insert_location_id!(q, &mut *tx, engine));
+                }
+                if drop_lock {
+                    sqlx::query(AssertSqlSafe(unlock.as_str())).bind(image_id).bind(IMPORT_LOCK).bind(task_id).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(new_id)

@@ -154,31 +154,12 @@ impl Catalog {
     /// Creates an image row as Glance's `image_create` does (`created_at =
     /// updated_at = now`, `deleted = false`).
     pub async fn create_image(&self, img: &NewImage) -> Result<String> {
-        if !IMAGE_STATUSES.contains(&img.status.as_str()) {
-            return Err(CatalogError::InvalidValue(format!(
-                "invalid image status {:?}",
-                img.status
-            )));
-        }
-        if !VISIBILITIES.contains(&img.visibility.as_str()) {
-            return Err(CatalogError::InvalidValue(format!(
-                "invalid visibility {:?}",
-                img.visibility
-            )));
-        }
-        for v in [&img.name, &img.owner].into_iter().flatten() {
-            self.check_text("image attribute", v)?;
-        }
+        self.check_new_image(img, &img.status)?;
         let id = img
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let sql = format!(
-            "INSERT INTO images (id, name, size, status, created_at, updated_at, deleted_at, deleted, disk_format, container_format, \
-             checksum, owner, min_disk, min_ram, protected, virtual_size, visibility, os_hidden, os_hash_algo, os_hash_value) \
-             VALUES (?, ?, NULL, ?, ?, ?, NULL, FALSE, ?, ?, NULL, ?, ?, ?, ?, NULL, {}, ?, NULL, NULL)",
-            self.vis_param()
-        );
+        let sql = self.insert_image_sql();
         self.with_retry("create image", || async {
             let now = Ts(utcnow());
             let sql = self.sql(&sql);
@@ -192,6 +173,39 @@ impl Catalog {
         })
         .await?;
         Ok(id)
+    }
+
+    /// The checks [`Catalog::create_image`] makes before writing `img` with
+    /// `status`.
+    pub(crate) fn check_new_image(&self, img: &NewImage, status: &str) -> Result<()> {
+        if !IMAGE_STATUSES.contains(&status) {
+            return Err(CatalogError::InvalidValue(format!(
+                "invalid image status {status:?}"
+            )));
+        }
+        if !VISIBILITIES.contains(&img.visibility.as_str()) {
+            return Err(CatalogError::InvalidValue(format!(
+                "invalid visibility {:?}",
+                img.visibility
+            )));
+        }
+        for v in [&img.name, &img.owner].into_iter().flatten() {
+            self.check_text("image attribute", v)?;
+        }
+        Ok(())
+    }
+
+    /// The `images` insert of `image_create`, with `?` placeholders bound
+    /// as id, name, status, created_at, updated_at, disk_format,
+    /// container_format, owner, min_disk, min_ram, protected, visibility,
+    /// os_hidden.
+    pub(crate) fn insert_image_sql(&self) -> String {
+        format!(
+            "INSERT INTO images (id, name, size, status, created_at, updated_at, deleted_at, deleted, disk_format, container_format, \
+             checksum, owner, min_disk, min_ram, protected, virtual_size, visibility, os_hidden, os_hash_algo, os_hash_value) \
+             VALUES (?, ?, NULL, ?, ?, ?, NULL, FALSE, ?, ?, NULL, ?, ?, ?, ?, NULL, {}, ?, NULL, NULL)",
+            self.vis_param()
+        )
     }
 
     /// One image, deleted or not.

@@ -1,14 +1,118 @@
-//! Image operations of the import executor beyond creating and filling an
-//! image: Glance's soft `image_destroy` (the revert of a failed import),
-//! finding the images an import task locked through `os_glance_import_task`
-//! (to clean up after a crashed attempt), tags, and the per-owner usage the
-//! legacy `user_storage_quota` is checked against.
+//! Image operations of the import executor beyond filling an image: the
+//! creation of an image an import runs on (row, lock property, properties
+//! and tags in one transaction) and its activation (data, status and lock
+//! release in one transaction), Glance's soft `image_destroy` (the revert
+//! of a failed import), finding the images an import task locked through
+//! `os_glance_import_task` (to clean up after a crashed attempt), tags, and
+//! the per-owner usage the legacy `user_storage_quota` is checked against.
 
+use std::collections::BTreeMap;
+
+use sqlx::AssertSqlSafe;
+
+use crate::api_import::{LockedRefusal, LockedUpdate};
 use crate::db::{BeginWrite, Catalog, on_pool};
 use crate::error::{CatalogError, Result};
+use crate::images::{ImageDataUpdate, NewImage};
 use crate::time::{Ts, utcnow};
 
 impl Catalog {
+    /// Creates the image an import fills, in one transaction: the image row
+    /// with status `saving` (`img.status` is not used), the lock property
+    /// `lock_name = holder`, the `properties` and the `tags` (duplicates
+    /// written once). The rows are those of Glance's `image_create`, then
+    /// `image_set_property_atomic`, property and tag creation and the
+    /// `queued → saving` save, written separately; one commit instead of
+    /// one per row matters on engines where each commit is a log flush.
+    /// Returns the image id.
+    pub async fn create_importing_image(
+        &self,
+        img: &NewImage,
+        lock_name: &str,
+        holder: &str,
+        properties: &BTreeMap<String, String>,
+        tags: &[String],
+    ) -> Result<String> {
+        const STATUS: &str = "saving";
+        self.check_new_image(img, STATUS)?;
+        self.check_text("property", lock_name)?;
+        self.check_text("property", holder)?;
+        if properties.contains_key(lock_name) {
+            return Err(CatalogError::InvalidValue(format!(
+                "property {lock_name} is the import lock and cannot be set as a property"
+            )));
+        }
+        for (k, v) in properties {
+            self.check_text("property", k)?;
+            self.check_text("property", v)?;
+        }
+        let mut unique: Vec<&str> = Vec::with_capacity(tags.len());
+        for t in tags {
+            self.check_text("tag", t)?;
+            if !unique.contains(&t.as_str()) {
+                unique.push(t);
+            }
+        }
+        let id = img
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let image_sql = self.insert_image_sql();
+        let props = std::iter::once((lock_name, holder))
+            .chain(properties.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect::<Vec<_>>();
+        self.with_retry("create importing image", || async {
+            let now = Ts(utcnow());
+            let image = self.sql(&image_sql);
+            let prop = self.sql(
+                "INSERT INTO image_properties (image_id, name, value, created_at, updated_at, deleted_at, deleted) VALUES (?, ?, ?, ?, ?, NULL, FALSE)",
+            ).0;
+            let tag = self.sql(
+                "INSERT INTO image_tags (image_id, value, created_at, updated_at, deleted_at, deleted) VALUES (?, ?, ?, ?, NULL, FALSE)",
+            ).0;
+            on_pool!(&self.pool, p => {
+                let mut tx = p.begin_write().await?;
+                sqlx::query(image).bind(&id).bind(img.name.as_deref()).bind(STATUS).bind(now).bind(now)
+                    .bind(img.disk_format.as_deref()).bind(img.container_format.as_deref()).bind(img.owner.as_deref())
+                    .bind(img.min_disk).bind(img.min_ram).bind(img.protected).bind(&img.visibility).bind(img.os_hidden)
+                    .execute(&mut *tx).await?;
+                for (k, v) in &props {
+                    sqlx::query(AssertSqlSafe(prop.as_str())).bind(&id).bind(*k).bind(*v).bind(now).bind(now).execute(&mut *tx).await?;
+                }
+                for t in &unique {
+                    sqlx::query(AssertSqlSafe(tag.as_str())).bind(&id).bind(*t).bind(now).bind(now).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// The end of a legacy import holding the lock `os_glance_import_task =
+    /// task_id`, in one transaction: the data attributes of `data`, status
+    /// `saving → active` (bumping `updated_at`) and the lock row deleted
+    /// outright (`image_delete_property_atomic`). Only while the image is
+    /// live, `saving` and locked by `task_id`; otherwise nothing changes and
+    /// the refusal says which precondition failed.
+    pub async fn activate_imported_image(
+        &self,
+        image_id: &str,
+        task_id: &str,
+        data: &ImageDataUpdate,
+    ) -> Result<std::result::Result<(), LockedRefusal>> {
+        let upd = LockedUpdate {
+            status: Some((vec!["saving".to_string()], "active".to_string())),
+            data: Some(data.clone()),
+            ..LockedUpdate::default()
+        };
+        Ok(self
+            .locked_update(image_id, task_id, &upd, true)
+            .await?
+            .map(|_| ()))
+    }
+
     /// Glance's `image_destroy` as a revert does it: the image gets status
     /// `deleted`, `deleted = 1`, `deleted_at = now`, and its locations
     /// (status `deleted`), properties, tags and members are soft-deleted, in

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::claims::{ClaimKind, ClaimOwner};
 use crate::db::{BeginWrite, Catalog, on_pool};
@@ -255,16 +255,16 @@ impl Catalog {
             q.bind(now).bind(now).bind(i64::from(limit.max(1))).fetch_all(p).await?
         });
         let claimed = self.claim(ClaimKind::Task, &ids, owner, lease).await?;
-        let mut out = Vec::new();
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found = self.start_claimed_tasks(&claimed).await?;
+        let mut out = Vec::with_capacity(claimed.len());
         for id in claimed {
-            let start = self.sql(
-                "UPDATE tasks SET status = 'processing', updated_at = ? WHERE id = ? AND status = 'pending' AND deleted = FALSE",
-            );
-            let n = on_pool!(&self.pool, p => {
-                sqlx::query(start).bind(Ts(utcnow())).bind(&id).execute(p).await?.rows_affected()
-            });
-            match self.get_task(&id).await? {
-                Some(t) if n > 0 || t.status == "processing" => out.push(t),
+            // Started by this claim, or `processing` under a holder that
+            // died: the task is run (or resumed) as it is.
+            match found.remove(&id) {
+                Some(t) if t.status == "processing" => out.push(t),
                 _ => {
                     // Finished or deleted meanwhile: nothing to do.
                     self.release_claim(ClaimKind::Task, &id, owner, true)
@@ -273,6 +273,57 @@ impl Catalog {
             }
         }
         Ok(out)
+    }
+
+    /// Moves the claimed `pending` tasks among `ids` to `processing` and
+    /// reads all of `ids` back, in one transaction (one commit per claim
+    /// rather than two statements per task). A task read back as
+    /// `processing` was either started here or is a dead holder's.
+    async fn start_claimed_tasks(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Task>> {
+        let statements: Vec<_> = ids
+            .chunks(crate::claims::MAX_IDS_PER_STATEMENT)
+            .map(|chunk| {
+                let marks = Catalog::marks(chunk.len());
+                let start = self.sql(&format!(
+                    "UPDATE tasks SET status = 'processing', updated_at = ? \
+                     WHERE id IN ({marks}) AND status = 'pending' AND deleted = FALSE"
+                ))
+                .0;
+                let read = self.sql(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks t LEFT JOIN task_info i ON i.task_id = t.id WHERE t.id IN ({marks})"
+                ))
+                .0;
+                (chunk, start, read)
+            })
+            .collect();
+        self.with_retry("start claimed tasks", || async {
+            let now = Ts(utcnow());
+            Ok(on_pool!(&self.pool, p => {
+                let mut tx = p.begin_write().await?;
+                let mut found = std::collections::HashMap::with_capacity(ids.len());
+                for (chunk, start, read) in &statements {
+                    let mut q = sqlx::query(AssertSqlSafe(start.as_str())).bind(now);
+                    for id in *chunk {
+                        q = q.bind(id.as_str());
+                    }
+                    q.execute(&mut *tx).await?;
+                    let mut q = sqlx::query(AssertSqlSafe(read.as_str()));
+                    for id in *chunk {
+                        q = q.bind(id.as_str());
+                    }
+                    for r in q.fetch_all(&mut *tx).await? {
+                        let t = task_from_row!(r);
+                        found.insert(t.id.clone(), t);
+                    }
+                }
+                tx.commit().await?;
+                found
+            }))
+        })
+        .await
     }
 
     /// Heartbeat of a running task: renews the claim, bumps

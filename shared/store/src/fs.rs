@@ -26,13 +26,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use crate::direct::{DirectSink, Faults};
 use crate::error::{ErrorKind, StoreError};
 use crate::options::{DEFAULT_CHUNK_SIZE, FilesystemOptions, Timeouts};
-use crate::stream::{Chunker, ReadStream, WriteOptions, with_stall_timeout};
+use crate::stream::{Chunker, ReadStream, WriteInput, WriteOptions, with_stall_timeout};
 
 /// Marker in temporary file names; [`FsBackend::remove_stale_temp_files`] looks for it.
 pub(crate) const TEMP_MARKER: &str = ".imaged-tmp-";
@@ -252,11 +251,11 @@ impl FsBackend {
         ))
     }
 
-    /// Streams `reader` into `<datadir>/<image_id>`; returns the final path's URL and the size.
-    pub async fn write<R: AsyncRead + Unpin + Send>(
+    /// Streams `input` into `<datadir>/<image_id>`; returns the final path's URL and the size.
+    pub async fn write(
         &self,
         image_id: &str,
-        reader: R,
+        input: WriteInput<'_>,
         opts: &WriteOptions<'_>,
     ) -> Result<(String, u64), StoreError> {
         validate_image_id(image_id)?;
@@ -286,7 +285,7 @@ impl FsBackend {
         let writer =
             tokio::task::spawn_blocking(move || write_thread(&job, rx, commit_rx, &thread_state));
 
-        let mut chunker = Chunker::new(reader, self.chunk, opts, self.timeouts.stall);
+        let mut chunker = Chunker::new(input, self.chunk, opts, self.timeouts.stall);
         let fed: Result<(), StoreError> = async {
             while let Some(chunk) = chunker.next_chunk().await? {
                 let sent = tokio::time::timeout(self.timeouts.stall, tx.send(chunk)).await;

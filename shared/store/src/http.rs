@@ -4,6 +4,8 @@
 //! wait for each body chunk are bounded by [`Timeouts`]. Deleting or writing through http is a
 //! permanent `OperationNotSupported` error, so callers never retry it.
 
+use std::sync::{Arc, OnceLock};
+
 use futures::StreamExt;
 
 use crate::error::{ErrorClass, ErrorKind, StoreError, classify_status};
@@ -14,7 +16,10 @@ use crate::uri::redact;
 /// The http(s) reader.
 #[derive(Debug, Clone)]
 pub struct HttpBackend {
-    client: reqwest::Client,
+    /// Built at the first read: building a client loads and parses the system's CA
+    /// certificates (tens of milliseconds), which every daemon start would otherwise pay for a
+    /// backend that most deployments never read from.
+    client: Arc<OnceLock<Result<reqwest::Client, String>>>,
     timeouts: Timeouts,
 }
 
@@ -45,31 +50,40 @@ fn clone_without_url(e: &reqwest::Error) -> String {
 }
 
 impl HttpBackend {
-    /// Builds the client (rustls, connect timeout from `timeouts`).
+    /// The reader (rustls, connect timeout from `timeouts`); its HTTP client is built at the
+    /// first read.
     pub fn new(timeouts: Timeouts) -> Result<Self, StoreError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.stall)
-            .build()
-            .map_err(|e| {
-                StoreError::permanent(ErrorKind::BadConfiguration, format!("HTTP client: {e}"))
-            })?;
-        Ok(HttpBackend { client, timeouts })
+        Ok(HttpBackend {
+            client: Arc::new(OnceLock::new()),
+            timeouts,
+        })
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, StoreError> {
+        let built = self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(self.timeouts.connect)
+                .read_timeout(self.timeouts.stall)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        built.as_ref().map_err(|e| {
+            StoreError::permanent(ErrorKind::BadConfiguration, format!("HTTP client: {e}"))
+        })
     }
 
     /// GETs the URL and streams the body.
     pub async fn open_read(&self, url: &url::Url) -> Result<ReadStream, StoreError> {
         let what = format!("reading {}", redact(url.as_str()));
-        let resp = match tokio::time::timeout(
-            self.timeouts.operation,
-            self.client.get(url.clone()).send(),
-        )
-        .await
-        {
-            Err(_) => return Err(StoreError::timeout(&what, self.timeouts.operation)),
-            Ok(Err(e)) => return Err(transport_error(&what, &e)),
-            Ok(Ok(r)) => r,
-        };
+        let client = self.client()?;
+        let resp =
+            match tokio::time::timeout(self.timeouts.operation, client.get(url.clone()).send())
+                .await
+            {
+                Err(_) => return Err(StoreError::timeout(&what, self.timeouts.operation)),
+                Ok(Err(e)) => return Err(transport_error(&what, &e)),
+                Ok(Ok(r)) => r,
+            };
         let status = resp.status();
         if !status.is_success() {
             let (class, kind) = classify_status(status.as_u16());

@@ -32,7 +32,7 @@ pub use options::{
     StoreOptions, Timeouts,
 };
 pub use s3::S3Backend;
-pub use stream::{Progress, ReadStream, WriteOptions, Written};
+pub use stream::{Progress, ReadStream, WriteInput, WriteOptions, Written};
 pub use uri::{BackendType, ParsedUri, parse as parse_uri, redact as redact_uri};
 
 /// One image location as the catalog holds it.
@@ -416,6 +416,29 @@ impl Store {
         reader: R,
         opts: WriteOptions<'_>,
     ) -> Result<Written, StoreError> {
+        self.write_from(image_id, WriteInput::reader(reader), opts)
+            .await
+    }
+
+    /// [`Store::write`] of data that arrives as chunks (`Bytes`): chunks already as large as
+    /// the backend's write unit are written without being copied.
+    pub async fn write_chunks(
+        &self,
+        image_id: &str,
+        chunks: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send,
+        opts: WriteOptions<'_>,
+    ) -> Result<Written, StoreError> {
+        self.write_from(image_id, WriteInput::chunks(chunks), opts)
+            .await
+    }
+
+    /// [`Store::write`] of a [`WriteInput`].
+    pub async fn write_from(
+        &self,
+        image_id: &str,
+        input: WriteInput<'_>,
+        opts: WriteOptions<'_>,
+    ) -> Result<Written, StoreError> {
         let named = match opts.backend {
             Some(name) => self
                 .inner
@@ -442,12 +465,12 @@ impl Store {
         let store = self.inner.multi.then(|| named.name.clone());
         match &named.backend {
             Backend::File(f) => {
-                let (url, size) = f.write(image_id, reader, &opts).await?;
+                let (url, size) = f.write(image_id, input, &opts).await?;
                 Ok(Written { url, size, store })
             }
             Backend::S3(s) => {
                 let (target, url) = s.write_target(image_id)?;
-                let size = s.write(&target, reader, &opts).await?;
+                let size = s.write(&target, input, &opts).await?;
                 Ok(Written { url, size, store })
             }
             Backend::Http => Err(StoreError::permanent(

@@ -25,11 +25,10 @@ use object_store::path::Path as ObjPath;
 use object_store::signer::Signer;
 use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use tokio::io::AsyncRead;
 
 use crate::error::{ErrorClass, ErrorKind, StoreError, classify_status};
 use crate::options::{AddressingStyle, S3Options, Timeouts};
-use crate::stream::{Chunker, ReadStream, WriteOptions, with_stall_timeout};
+use crate::stream::{Chunker, ReadStream, WriteInput, WriteOptions, with_stall_timeout};
 
 /// Where one object lives and how to sign for it.
 #[derive(Clone)]
@@ -356,11 +355,11 @@ impl S3Backend {
         Ok(())
     }
 
-    /// Streams `reader` into the object; returns bytes written.
-    pub(crate) async fn write<R: AsyncRead + Unpin + Send>(
+    /// Streams `input` into the object; returns bytes written.
+    pub(crate) async fn write(
         &self,
         t: &S3Target,
-        reader: R,
+        input: WriteInput<'_>,
         opts: &WriteOptions<'_>,
     ) -> Result<u64, StoreError> {
         let client = self.client(t)?;
@@ -368,7 +367,7 @@ impl S3Backend {
         let path = ObjPath::from(t.key.as_str());
         let part = self.opts.large_object_chunk_size as usize;
         let single_limit = self.opts.large_object_size.max(1) as usize;
-        let mut chunker = Chunker::new(reader, part, opts, self.timeouts.stall);
+        let mut chunker = Chunker::new(input, part, opts, self.timeouts.stall);
 
         // Read up to the single-PUT limit first: small images go up in one request.
         let mut head: Vec<Bytes> = Vec::new();

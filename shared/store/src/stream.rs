@@ -149,9 +149,44 @@ impl fmt::Debug for Written {
     }
 }
 
-/// Pulls fixed-size chunks from an `AsyncRead`, enforcing the size cap and the stall timeout.
-pub(crate) struct Chunker<'a, R> {
-    reader: R,
+/// The data of a write: a byte reader, or a stream of chunks the caller already holds.
+///
+/// Chunks of a stream that are already as large as the backend's write unit pass through
+/// without being copied; a reader's bytes are always copied into fresh chunks. Callers that
+/// receive data as `Bytes` (an HTTP body) save a copy of every byte with
+/// [`WriteInput::chunks`].
+pub struct WriteInput<'r>(Input<'r>);
+
+enum Input<'r> {
+    Read(Pin<Box<dyn AsyncRead + Send + 'r>>),
+    Chunks(BoxStream<'r, io::Result<Bytes>>),
+}
+
+impl<'r> WriteInput<'r> {
+    /// Data read from `reader`.
+    pub fn reader(reader: impl AsyncRead + Send + 'r) -> Self {
+        WriteInput(Input::Read(Box::pin(reader)))
+    }
+
+    /// Data handed over chunk by chunk; an `Err` item fails the write (classified like a read
+    /// error of a reader).
+    pub fn chunks(chunks: impl Stream<Item = io::Result<Bytes>> + Send + 'r) -> Self {
+        WriteInput(Input::Chunks(chunks.boxed()))
+    }
+}
+
+impl fmt::Debug for WriteInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Input::Read(_) => "WriteInput::Reader",
+            Input::Chunks(_) => "WriteInput::Chunks",
+        })
+    }
+}
+
+/// Pulls chunks from a [`WriteInput`], enforcing the size cap and the stall timeout.
+pub(crate) struct Chunker<'a, 'r> {
+    input: Input<'r>,
     chunk: usize,
     cap: Option<u64>,
     stall: Duration,
@@ -160,10 +195,29 @@ pub(crate) struct Chunker<'a, R> {
     done: bool,
 }
 
-impl<'a, R: AsyncRead + Unpin> Chunker<'a, R> {
-    pub(crate) fn new(reader: R, chunk: usize, opts: &WriteOptions<'a>, stall: Duration) -> Self {
+fn read_error(e: &io::Error) -> StoreError {
+    let (class, _) = crate::error::classify_io(e);
+    let class = if class == ErrorClass::NotFound {
+        ErrorClass::Permanent
+    } else {
+        class
+    };
+    StoreError::new(
+        class,
+        ErrorKind::Io,
+        format!("reading the image source: {e}"),
+    )
+}
+
+impl<'a, 'r> Chunker<'a, 'r> {
+    pub(crate) fn new(
+        input: WriteInput<'r>,
+        chunk: usize,
+        opts: &WriteOptions<'a>,
+        stall: Duration,
+    ) -> Self {
         Chunker {
-            reader,
+            input: input.0,
             chunk: chunk.max(4096),
             cap: opts.size_cap,
             stall,
@@ -178,50 +232,69 @@ impl<'a, R: AsyncRead + Unpin> Chunker<'a, R> {
         self.total
     }
 
-    /// The next chunk of up to `chunk` bytes (shorter only at end of input); `None` at end.
+    /// The next chunk; `None` at end. A reader's chunks are `chunk` bytes (shorter only at the
+    /// end of input). A stream's chunks are at least `chunk` bytes (except the last): a chunk
+    /// the stream hands over that is already that large is returned as it is, smaller ones
+    /// are gathered.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
-        self.next_chunk_sized(self.chunk).await
-    }
-
-    /// Like [`Self::next_chunk`] with an explicit chunk size.
-    pub(crate) async fn next_chunk_sized(
-        &mut self,
-        size: usize,
-    ) -> Result<Option<Bytes>, StoreError> {
         if self.done {
             return Ok(None);
         }
-        let mut buf = BytesMut::with_capacity(size);
-        while buf.len() < size {
-            let read = tokio::time::timeout(self.stall, self.reader.read_buf(&mut buf)).await;
-            match read {
-                Err(_) => {
-                    return Err(StoreError::timeout("reading the image source", self.stall));
+        let size = self.chunk;
+        let chunk = match &mut self.input {
+            Input::Read(reader) => {
+                let mut buf = BytesMut::with_capacity(size);
+                while buf.len() < size {
+                    match tokio::time::timeout(self.stall, reader.read_buf(&mut buf)).await {
+                        Err(_) => {
+                            return Err(StoreError::timeout(
+                                "reading the image source",
+                                self.stall,
+                            ));
+                        }
+                        Ok(Err(e)) => return Err(read_error(&e)),
+                        Ok(Ok(0)) => {
+                            self.done = true;
+                            break;
+                        }
+                        Ok(Ok(_)) => {}
+                    }
                 }
-                Ok(Err(e)) => {
-                    let (class, _) = crate::error::classify_io(&e);
-                    let class = if class == ErrorClass::NotFound {
-                        ErrorClass::Permanent
-                    } else {
-                        class
-                    };
-                    return Err(StoreError::new(
-                        class,
-                        ErrorKind::Io,
-                        format!("reading the image source: {e}"),
-                    ));
-                }
-                Ok(Ok(0)) => {
-                    self.done = true;
-                    break;
-                }
-                Ok(Ok(_)) => {}
+                buf.freeze()
             }
-        }
-        if buf.is_empty() {
+            Input::Chunks(stream) => {
+                let mut buf = BytesMut::new();
+                loop {
+                    match tokio::time::timeout(self.stall, stream.next()).await {
+                        Err(_) => {
+                            return Err(StoreError::timeout(
+                                "reading the image source",
+                                self.stall,
+                            ));
+                        }
+                        Ok(Some(Err(e))) => return Err(read_error(&e)),
+                        Ok(None) => {
+                            self.done = true;
+                            break buf.freeze();
+                        }
+                        Ok(Some(Ok(b))) if buf.is_empty() && b.len() >= size => break b,
+                        Ok(Some(Ok(b))) => {
+                            if buf.is_empty() {
+                                buf.reserve(size.max(b.len()));
+                            }
+                            buf.extend_from_slice(&b);
+                            if buf.len() >= size {
+                                break buf.freeze();
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if chunk.is_empty() {
             return Ok(None);
         }
-        self.total += buf.len() as u64;
+        self.total += chunk.len() as u64;
         if let Some(cap) = self.cap
             && self.total > cap
         {
@@ -233,6 +306,50 @@ impl<'a, R: AsyncRead + Unpin> Chunker<'a, R> {
         if let Some(p) = self.progress {
             p(self.total);
         }
-        Ok(Some(buf.freeze()))
+        Ok(Some(chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn drain(input: WriteInput<'_>, chunk: usize) -> Vec<Bytes> {
+        let opts = WriteOptions::default();
+        let mut c = Chunker::new(input, chunk, &opts, Duration::from_secs(5));
+        let mut out = Vec::new();
+        while let Some(b) = c.next_chunk().await.unwrap() {
+            out.push(b);
+        }
+        assert_eq!(c.total(), out.iter().map(|b| b.len() as u64).sum::<u64>());
+        out
+    }
+
+    #[tokio::test]
+    async fn large_stream_chunks_pass_through_without_a_copy() {
+        let big = Bytes::from(vec![7u8; 10_000]);
+        let addr = big.as_ptr();
+        let small: Vec<io::Result<Bytes>> =
+            (0..5u8).map(|i| Ok(Bytes::from(vec![i; 3000]))).collect();
+        let items = std::iter::once(Ok(big)).chain(small);
+        let out = drain(WriteInput::chunks(futures::stream::iter(items)), 8192).await;
+        // The large chunk is the caller's own buffer; the small ones are gathered until they
+        // reach the unit (3 x 3000), and the rest ends the stream.
+        assert_eq!(out[0].as_ptr(), addr);
+        let sizes: Vec<usize> = out.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, vec![10_000, 9000, 6000]);
+        assert_eq!(&out[1][..3000], &[0u8; 3000][..]);
+        assert_eq!(&out[2][3000..], &[4u8; 3000][..]);
+    }
+
+    #[tokio::test]
+    async fn reader_chunks_have_the_unit_size() {
+        let data = vec![1u8; 10_000];
+        let sizes: Vec<usize> = drain(WriteInput::reader(&data[..]), 4096)
+            .await
+            .iter()
+            .map(Bytes::len)
+            .collect();
+        assert_eq!(sizes, vec![4096, 4096, 1808]);
     }
 }

@@ -145,6 +145,56 @@ async fn writing_an_existing_image_is_refused_and_keeps_the_old_data() {
     assert_eq!(list(tmp.path()), vec!["dup".to_string()]);
 }
 
+/// Data handed over as chunks: large and small chunks in any mix are written in order, the
+/// progress callback sees every byte, and a failing chunk ends the write with nothing left.
+#[tokio::test]
+async fn chunk_stream_writes_in_order_and_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = single(tmp.path());
+    let data = pattern(5 * 1024 * 1024 + 333);
+    // 2 MiB, then 1-byte and 100 KiB pieces, then the rest in one chunk.
+    let mut cuts = vec![0, 2 << 20, (2 << 20) + 1];
+    while *cuts.last().unwrap() < (4 << 20) {
+        cuts.push(cuts.last().unwrap() + 100 * 1024);
+    }
+    cuts.push(data.len());
+    let chunks: Vec<std::io::Result<bytes::Bytes>> = cuts
+        .windows(2)
+        .map(|w| Ok(bytes::Bytes::copy_from_slice(&data[w[0]..w[1]])))
+        .collect();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let progress = |n: u64| last.store(n, std::sync::atomic::Ordering::Relaxed);
+    let w = store
+        .write_chunks(
+            "chunked",
+            futures::stream::iter(chunks),
+            WriteOptions {
+                progress: Some(&progress),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.size, data.len() as u64);
+    assert_eq!(last.into_inner(), data.len() as u64);
+    assert_eq!(std::fs::read(tmp.path().join("chunked")).unwrap(), data);
+
+    let failing: Vec<std::io::Result<bytes::Bytes>> = vec![
+        Ok(bytes::Bytes::from(vec![1u8; 3 << 20])),
+        Err(std::io::Error::other("connection reset")),
+    ];
+    let err = store
+        .write_chunks(
+            "cut",
+            futures::stream::iter(failing),
+            WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert_eq!(list(tmp.path()), vec!["chunked".to_string()]);
+}
+
 #[tokio::test]
 async fn size_cap_aborts_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();

@@ -174,50 +174,60 @@ async fn single_put_round_trip_delete_twice() {
 async fn multipart_upload_of_an_object_larger_than_one_part() {
     let Some(srv) = server().await else { return };
     let b = bucket();
-    // Parts of 5 MiB, single PUT only up to 5 MiB: 12 MiB + 3 goes up in 3 parts.
+    // Parts of 5 MiB, single PUT only up to 5 MiB: 12 MiB + 3 goes up in 3 parts, whether it
+    // arrives through a reader or as uneven chunks (which pass to the upload uncopied).
     let store = single_store(s3_opts(&srv.endpoint, &b, 5 * MIB as u64, 5 * MIB as u64));
     let data = pattern(12 * MIB + 3, 7);
-    let seen = std::sync::Mutex::new(0u64);
-    let progress = |n: u64| *seen.lock().unwrap() = n;
-    let w = store
-        .write(
-            "img-large",
-            &data[..],
-            WriteOptions {
-                progress: Some(&progress),
-                ..Default::default()
-            },
-        )
-        .await
+    for chunked in [false, true] {
+        let id = if chunked {
+            "img-large-chunks"
+        } else {
+            "img-large"
+        };
+        let seen = std::sync::Mutex::new(0u64);
+        let progress = |n: u64| *seen.lock().unwrap() = n;
+        let opts = WriteOptions {
+            progress: Some(&progress),
+            ..Default::default()
+        };
+        let w = if chunked {
+            let chunks: Vec<std::io::Result<bytes::Bytes>> = data
+                .chunks(MIB + 7)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            store
+                .write_chunks(id, futures::stream::iter(chunks), opts)
+                .await
+        } else {
+            store.write(id, &data[..], opts).await
+        }
         .unwrap();
-    assert_eq!(w.size, data.len() as u64);
-    assert_eq!(*seen.lock().unwrap(), data.len() as u64);
+        assert_eq!(w.size, data.len() as u64);
+        assert_eq!(*seen.lock().unwrap(), data.len() as u64);
 
-    let raw = raw_client(&srv.endpoint, &b);
-    let meta = raw
-        .head(&object_store::path::Path::from("img-large"))
-        .await
-        .unwrap();
-    assert_eq!(meta.size, data.len() as u64);
-    let etag = meta.e_tag.unwrap_or_default();
-    assert!(
-        etag.trim_matches('"').ends_with("-3"),
-        "expected a 3-part multipart ETag, got {etag}"
-    );
+        let raw = raw_client(&srv.endpoint, &b);
+        let meta = raw.head(&object_store::path::Path::from(id)).await.unwrap();
+        assert_eq!(meta.size, data.len() as u64);
+        let etag = meta.e_tag.unwrap_or_default();
+        assert!(
+            etag.trim_matches('"').ends_with("-3"),
+            "{id}: expected a 3-part multipart ETag, got {etag}"
+        );
 
-    let loc = Location::new(&w.url);
-    let got = store
-        .open_read(&loc)
-        .await
-        .unwrap()
-        .collect_all()
-        .await
-        .unwrap();
-    assert!(
-        got == data,
-        "multipart object differs from what was written"
-    );
-    store.delete(&loc).await.unwrap();
+        let loc = Location::new(&w.url);
+        let got = store
+            .open_read(&loc)
+            .await
+            .unwrap()
+            .collect_all()
+            .await
+            .unwrap();
+        assert!(
+            got == data,
+            "{id}: multipart object differs from what was written"
+        );
+        store.delete(&loc).await.unwrap();
+    }
 }
 
 #[tokio::test]

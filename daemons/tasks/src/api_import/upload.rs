@@ -54,7 +54,7 @@ pub(super) async fn hash_file(
                 *p = format!("Hashing {} MiB of {} MiB", n >> 20, total >> 20);
             }
         }
-        Ok(hasher.finish())
+        hasher.finish()
     })
     .await
     .map_err(|e| ImportFailure::Failed(format!("hashing {shown} failed: {e}")))?
