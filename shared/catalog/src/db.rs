@@ -12,13 +12,13 @@
 //! encodes timestamps in each engine's Glance form.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use sqlx::{AssertSqlSafe, ConnectOptions};
 
 use crate::crypt::LocationCipher;
 use crate::error::{CatalogError, Result};
@@ -367,6 +367,22 @@ async fn connect_pool(url: &DbUrl, opts: &CatalogOptions, allow_create: bool) ->
     }
 }
 
+/// Fails at once when nothing listens at the server's address: the pool
+/// retries a refused connection for its whole acquire timeout, whereas the
+/// start-up loop above owns the waiting. Reaching the listener is all that
+/// needs checking; a full connection (TLS, authentication) made only to be
+/// closed again cost about 100 ms here, because sqlx 0.9.0 leaves Nagle's
+/// algorithm on and the TLS handshake waits out delayed ACKs. Other failures
+/// (authentication, a missing database) come from the pool's first
+/// connection as they did from the probe.
+async fn probe_server(host: &str, port: u16, socket: Option<&PathBuf>) -> Result<()> {
+    let reached = match socket {
+        Some(path) => tokio::net::UnixStream::connect(path).await.map(drop),
+        None => tokio::net::TcpStream::connect((host, port)).await.map(drop),
+    };
+    reached.map_err(|e| CatalogError::Database(sqlx::Error::Io(e)))
+}
+
 async fn connect_once(
     url: &DbUrl,
     opts: &CatalogOptions,
@@ -427,10 +443,7 @@ async fn connect_once(
             if let Some(t) = opts.lock_timeout {
                 co = co.options([("lock_timeout", format!("{}ms", t.as_millis().max(1)))]);
             }
-            // One direct attempt first: it fails at once on a refused
-            // connection, whereas the pool would keep trying for the whole
-            // acquire timeout; the start-up loop above owns the waiting.
-            co.connect().await?.close().await?;
+            probe_server(co.get_host(), co.get_port(), co.get_socket()).await?;
             let pool = PgPoolOptions::new()
                 .max_connections(max)
                 .min_connections(min)
@@ -453,7 +466,7 @@ async fn connect_once(
             }
             let sql_mode = opts.mysql_sql_mode.clone().filter(|m| !m.trim().is_empty());
             let lock_wait = opts.lock_timeout.map(|t| t.as_secs().max(1));
-            co.connect().await?.close().await?;
+            probe_server(co.get_host(), co.get_port(), co.get_socket()).await?;
             let pool = MySqlPoolOptions::new()
                 .max_connections(max)
                 .min_connections(min)

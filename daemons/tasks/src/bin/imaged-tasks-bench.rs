@@ -3,17 +3,21 @@
 //! * `big`: import a raw image (default 1 GiB) from an HTTP server on
 //!   loopback into the filesystem store with the real `imaged-tasks once`,
 //!   against `sha512sum` of the same file; peak RSS of the executor from
-//!   `getrusage(RUSAGE_CHILDREN)`;
+//!   `getrusage(RUSAGE_CHILDREN)` and its CPU time (user + system);
 //! * `small`: 100 small imports with `engine_mode = serial` against
 //!   `engine_mode = parallel, max_workers = 4`, from a server that answers
-//!   after a fixed first-byte delay (a remote web server's latency).
+//!   after a fixed first-byte delay (a remote web server's latency); each
+//!   run also prints the executor's CPU time and how idle the machine was.
 //!
 //! Run: `cargo build --release -p imaged-tasks && target/release/imaged-tasks-bench`
 //! Knobs: IMAGED_BENCH_DIR, IMAGED_BENCH_SIZE_MIB (1024), IMAGED_BENCH_RUNS (5),
 //! IMAGED_BENCH_SMALL (100), IMAGED_BENCH_SMALL_KIB (256), IMAGED_BENCH_LATENCY_MS (50),
 //! IMAGED_BENCH_PG_URL (a PostgreSQL server URL such as
 //! `postgres://postgres@127.0.0.1:5432/postgres`: the small-import runs then use a fresh
-//! database on it instead of SQLite).
+//! database on it instead of SQLite; its query string, e.g. `?sslmode=disable`, is kept),
+//! IMAGED_BENCH_ONLY (`big` or `small`: run one part), IMAGED_BENCH_COMPARE_BIN (another
+//! `imaged-tasks` build, e.g. the one before a change, timed on the big import in the same
+//! runs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -247,6 +251,23 @@ async fn big_import(base: &Path, port: u16, bin: &Path) -> (f64, f64) {
     took
 }
 
+/// Idle seconds of all CPUs so far (/proc/stat).
+fn machine_idle() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    let fields: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // idle + iowait, in clock ticks of 1/100 s.
+    (fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0)) / 100.0
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
 fn max_rss_children_kib() -> i64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .map(|r| r.max_rss())
@@ -386,7 +407,13 @@ async fn main() {
                 )
                 .await;
             }
-            out.push(run_once(&s.conf).0);
+            let idle = machine_idle();
+            let (wall, cpu) = run_once(&s.conf);
+            eprintln!(
+                "  {mode}: {wall:.3} s, imaged-tasks CPU {cpu:.3} s, machine idle {:.0} %",
+                100.0 * (machine_idle() - idle) / (wall * cores())
+            );
+            out.push(wall);
             let done = s
                 .catalog
                 .list_tasks(&Default::default())
