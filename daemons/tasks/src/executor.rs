@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use imaged_catalog::claims::{ClaimKind, ClaimOwner};
-use imaged_catalog::tasks::Task;
+use imaged_catalog::tasks::{Task, TaskEnd};
 use imaged_catalog::{Catalog, CatalogError};
 use imaged_runtime::metrics::{Metrics, PassOutcome, TasksMetrics};
 use imaged_store::Store;
@@ -482,22 +482,27 @@ impl Executor {
             Ok(v) => {
                 tracing::info!(task_id = %id, result = %v, "task succeeded");
                 (
-                    self.catalog.succeed_task(id, &self.owner, &v, ttl).await,
+                    self.catalog
+                        .end_claimed_task(id, &self.owner, TaskEnd::Success(&v), ttl)
+                        .await,
                     Outcome::Succeeded,
                 )
             }
             Err(ImportFailure::Failed(m) | ImportFailure::Cancelled(m)) => {
                 tracing::warn!(task_id = %id, message = %m, "task failed");
                 (
-                    self.catalog.fail_task(id, &self.owner, &m, ttl).await,
+                    self.catalog
+                        .end_claimed_task(id, &self.owner, TaskEnd::Failure(&m), ttl)
+                        .await,
                     Outcome::Failed,
                 )
             }
         };
         match res {
             Ok(()) => outcome,
-            Err(CatalogError::Conflict { found, .. }) => {
-                tracing::warn!(task_id = %id, ?found, "task changed status under us; leaving it");
+            // Another executor holds the task now, or it ended meanwhile.
+            Err(e @ CatalogError::Conflict { .. }) => {
+                tracing::warn!(task_id = %id, error = %e, "the task is no longer ours; leaving it");
                 Outcome::Lost
             }
             Err(e) => {

@@ -118,6 +118,15 @@ fn ttl_end(now: NaiveDateTime, ttl: Duration) -> NaiveDateTime {
     now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(48))
 }
 
+/// How a task ends ([`Catalog::end_claimed_task`]).
+#[derive(Debug, Clone, Copy)]
+pub enum TaskEnd<'a> {
+    /// `processing → success` with this `result`.
+    Success(&'a Value),
+    /// `pending|processing → failure` with this message.
+    Failure(&'a str),
+}
+
 impl Catalog {
     /// Enqueues a task exactly as Glance's `task_create` does: a `tasks` row
     /// (`status = 'pending'`, `expires_at` NULL, `created_at = updated_at =
@@ -371,7 +380,7 @@ impl Catalog {
     }
 
     /// `processing → success` with `result`, `expires_at = now + ttl`;
-    /// releases the claim.
+    /// releases the claim when `owner` holds it.
     pub async fn succeed_task(
         &self,
         id: &str,
@@ -379,17 +388,8 @@ impl Catalog {
         result: &Value,
         ttl: Duration,
     ) -> Result<()> {
-        let result = crate::json::dumps(result);
-        self.finish_task(
-            id,
-            owner,
-            "success",
-            &["processing"],
-            Some(&result),
-            None,
-            ttl,
-        )
-        .await
+        self.end(id, owner, false, TaskEnd::Success(result), ttl)
+            .await
     }
 
     /// `pending|processing → failure` with `message`, `expires_at = now +
@@ -401,17 +401,48 @@ impl Catalog {
         message: &str,
         ttl: Duration,
     ) -> Result<()> {
-        self.check_text("message", message)?;
-        self.finish_task(
-            id,
-            owner,
-            "failure",
-            &["pending", "processing"],
-            None,
-            Some(message),
-            ttl,
-        )
-        .await
+        self.end(id, owner, false, TaskEnd::Failure(message), ttl)
+            .await
+    }
+
+    /// [`Catalog::succeed_task`] or [`Catalog::fail_task`] by the executor
+    /// that claimed the task: only while `owner` still holds the claim, which
+    /// is released in the same transaction. A lost claim is a `Conflict`
+    /// (kind `task claim`) and changes nothing.
+    pub async fn end_claimed_task(
+        &self,
+        id: &str,
+        owner: &ClaimOwner,
+        end: TaskEnd<'_>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.end(id, owner, true, end, ttl).await
+    }
+
+    async fn end(
+        &self,
+        id: &str,
+        owner: &ClaimOwner,
+        claimed: bool,
+        end: TaskEnd<'_>,
+        ttl: Duration,
+    ) -> Result<()> {
+        match end {
+            TaskEnd::Success(result) => {
+                let result = crate::json::dumps(result);
+                let result = Some(result.as_str());
+                let from = &["processing"];
+                self.finish_task(id, owner, claimed, "success", from, result, None, ttl)
+                    .await
+            }
+            TaskEnd::Failure(message) => {
+                self.check_text("message", message)?;
+                let from = &["pending", "processing"];
+                let message = Some(message);
+                self.finish_task(id, owner, claimed, "failure", from, None, message, ttl)
+                    .await
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -419,15 +450,30 @@ impl Catalog {
         &self,
         id: &str,
         owner: &ClaimOwner,
+        claimed: bool,
         to: &str,
         from: &[&str],
         result: Option<&str>,
         message: Option<&str>,
         ttl: Duration,
     ) -> Result<()> {
-        let (n, status) = self
+        /// How the transaction ended.
+        enum End {
+            Done,
+            /// The task is not in a `from` status (its current one).
+            Status(Option<String>),
+            /// `claimed` and the claim is not `owner`'s (its holder).
+            Claim(Option<String>),
+        }
+        let kind = ClaimKind::Task.as_str();
+        let end = self
             .with_retry("finish task", || async {
                 let now = utcnow();
+                let release = self.sql(
+                    "DELETE FROM imaged_claims WHERE kind = ? AND unit_id = ? AND owner = ?",
+                );
+                let holder =
+                    self.sql("SELECT owner FROM imaged_claims WHERE kind = ? AND unit_id = ?");
                 let upd = self.sql(&format!(
                     "UPDATE tasks SET status = ?, expires_at = ?, updated_at = ? WHERE id = ? AND deleted = FALSE AND status IN ({})",
                     Catalog::marks(from.len())
@@ -437,36 +483,53 @@ impl Catalog {
                 let st = self.sql("SELECT status FROM tasks WHERE id = ?");
                 Ok(on_pool!(&self.pool, p => {
                     let mut tx = p.begin_write().await?;
+                    // A claimed end releases the claim in the same
+                    // transaction: an executor whose lease ran out and was
+                    // taken over (a long pause, a partition) can never end
+                    // a task another executor is running.
+                    if claimed && sqlx::query(release).bind(kind).bind(id).bind(owner.as_str()).execute(&mut *tx).await?.rows_affected() == 0 {
+                        let h: Option<Option<String>> = sqlx::query_scalar(holder).bind(kind).bind(id).fetch_optional(&mut *tx).await?;
+                        tx.rollback().await?;
+                        return Ok(End::Claim(h.flatten()));
+                    }
                     let mut q = sqlx::query(upd).bind(to).bind(Ts(ttl_end(now, ttl))).bind(Ts(now)).bind(id);
                     for f in from {
                         q = q.bind(*f);
                     }
-                    let n = q.execute(&mut *tx).await?.rows_affected();
-                    if n > 0 {
-                        if let Some(r) = result {
-                            sqlx::query(res).bind(r).bind(id).execute(&mut *tx).await?;
-                        }
-                        if let Some(m) = message {
-                            sqlx::query(msg).bind(m).bind(id).execute(&mut *tx).await?;
-                        }
+                    if q.execute(&mut *tx).await?.rows_affected() == 0 {
+                        let status: Option<String> = sqlx::query_scalar(st).bind(id).fetch_optional(&mut *tx).await?;
+                        tx.rollback().await?;
+                        return Ok(End::Status(status));
                     }
-                    let status: Option<String> = sqlx::query_scalar(st).bind(id).fetch_optional(&mut *tx).await?;
+                    if let Some(r) = result {
+                        sqlx::query(res).bind(r).bind(id).execute(&mut *tx).await?;
+                    }
+                    if let Some(m) = message {
+                        sqlx::query(msg).bind(m).bind(id).execute(&mut *tx).await?;
+                    }
                     tx.commit().await?;
-                    (n, status)
+                    End::Done
                 }))
             })
             .await?;
-        if n == 0 {
-            return Err(CatalogError::Conflict {
+        match end {
+            End::Done if claimed => Ok(()),
+            End::Done => match self.release_claim(ClaimKind::Task, id, owner, true).await {
+                Ok(()) | Err(CatalogError::Conflict { .. }) => Ok(()),
+                Err(e) => Err(e),
+            },
+            End::Status(found) => Err(CatalogError::Conflict {
                 kind: "task",
                 id: id.to_string(),
                 expected: from.join("|"),
-                found: status,
-            });
-        }
-        match self.release_claim(ClaimKind::Task, id, owner, true).await {
-            Ok(()) | Err(CatalogError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(e),
+                found,
+            }),
+            End::Claim(found) => Err(CatalogError::Conflict {
+                kind: "task claim",
+                id: id.to_string(),
+                expected: owner.as_str().to_string(),
+                found,
+            }),
         }
     }
 

@@ -55,6 +55,7 @@ conformance!(
     stuck_images_and_status,
     tasks_lifecycle,
     task_claims_recover_expired_leases,
+    claimed_task_end_needs_the_claim,
     image_import_operations,
     property_lock_is_atomic,
     centralized_cache_tables,

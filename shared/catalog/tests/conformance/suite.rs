@@ -984,6 +984,91 @@ pub async fn tasks_lifecycle(db: TestDb) {
     assert_eq!(by_status.len(), 1);
 }
 
+/// An executor ends a task only while it holds the task's claim: once the
+/// claim is someone else's (its lease ran out and was taken over), its
+/// success or failure changes nothing; the holder's end releases the claim
+/// in the same transaction.
+pub async fn claimed_task_end_needs_the_claim(db: TestDb) {
+    use imaged_catalog::tasks::{NewTask, TaskEnd};
+    let cat = &db.catalog;
+    let id = cat
+        .enqueue_task(&NewTask::new("import", "p", serde_json::json!({})))
+        .await
+        .unwrap();
+    let stale = ClaimOwner::from_string("exec-stale");
+    let holder = ClaimOwner::from_string("exec-holder");
+    let got = cat
+        .claim_tasks(&stale, Duration::from_millis(1), 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let got = cat
+        .claim_tasks(&holder, Duration::from_secs(600), 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the expired claim is taken over");
+    for end in [
+        cat.end_claimed_task(
+            &id,
+            &stale,
+            TaskEnd::Failure("late"),
+            Duration::from_secs(60),
+        )
+        .await,
+        cat.end_claimed_task(
+            &id,
+            &stale,
+            TaskEnd::Success(&serde_json::json!({})),
+            Duration::from_secs(60),
+        )
+        .await,
+    ] {
+        match end.unwrap_err() {
+            CatalogError::Conflict { kind, found, .. } => {
+                assert_eq!(kind, "task claim");
+                assert_eq!(found.as_deref(), Some("exec-holder"));
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+    let t = cat.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(t.status, "processing", "the stale ends changed nothing");
+    assert_eq!(t.message.as_deref(), Some(""));
+    let rec = cat
+        .claim_record(ClaimKind::Task, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.owner.as_deref(), Some("exec-holder"));
+
+    cat.end_claimed_task(
+        &id,
+        &holder,
+        TaskEnd::Success(&serde_json::json!({"image_id": "i"})),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let t = cat.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(t.status, "success");
+    assert_eq!(t.result, Some(serde_json::json!({"image_id": "i"})));
+    assert!(
+        cat.claim_record(ClaimKind::Task, &id)
+            .await
+            .unwrap()
+            .is_none(),
+        "claim released"
+    );
+    // Ended: a second end is a conflict of the task's status, not of the claim.
+    assert!(matches!(
+        cat.fail_task(&id, &holder, "again", Duration::from_secs(60))
+            .await
+            .unwrap_err(),
+        CatalogError::Conflict { kind: "task", .. }
+    ));
+}
+
 pub async fn task_claims_recover_expired_leases(db: TestDb) {
     use imaged_catalog::tasks::NewTask;
     let cat = &db.catalog;
