@@ -47,10 +47,13 @@ async fn daemon_serves_metrics_and_health() {
     let mut child = cmd.spawn().unwrap();
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
+    // The queue gauges are read from the catalog at each scrape, which can
+    // overlap the pass's last commit: wait for a scrape taken after it.
     let text = scrape_until(&addr, Duration::from_secs(15), read_log, |t| {
         value(t, "imaged_scrubber_images_deleted_total") == Some(1.0)
             && value(t, "imaged_passes_total{pass=\"scrub\",outcome=\"partial\"}")
                 .is_some_and(|n| n >= 1.0)
+            && value(t, "imaged_scrubber_pending_images") == Some(1.0)
     })
     .await;
     let build = format!(

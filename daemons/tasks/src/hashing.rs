@@ -5,6 +5,8 @@
 //! Hashing runs on dedicated threads so the async runtime keeps moving data.
 //! In parallel mode the two digests run on two threads at once (they are
 //! independent steps of the task); in serial mode one thread computes both.
+//! The digests come from the system libcrypto, with the portable RustCrypto
+//! code as the fallback for an algorithm the library refuses.
 
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
