@@ -545,11 +545,13 @@ impl TasksMetrics {
             r#type: task_type.into(),
             outcome: outcome.into(),
         };
-        self.finished.get_or_create(&labels).inc();
+        // The count goes last: a scrape that sees the task finished also
+        // sees its duration and the running gauge without it.
+        self.running.dec();
         self.duration
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
-        self.running.dec();
+        self.finished.get_or_create(&labels).inc();
     }
 
     /// `bytes` of image data were written by a successful task.
